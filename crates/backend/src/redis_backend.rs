@@ -1,0 +1,1 @@
+//! The Redis backend (cluster mode). Implemented in a later change.

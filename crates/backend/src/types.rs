@@ -1,0 +1,134 @@
+//! Plain data passed across the backend traits.
+
+use chat_protocol::{RoomId, UserId};
+
+/// A log the store keeps: a room's messages, or a user's direct-message inbox.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StreamKey {
+    /// A room's log.
+    Room(RoomId),
+    /// A user's direct-message inbox.
+    Inbox(UserId),
+}
+
+/// Also the name of the broker channel that carries a stream's live traffic.
+pub type Channel = StreamKey;
+
+/// Identity and position of a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Random id chosen when the log was created; changes when the log is lost and recreated.
+    pub epoch: String,
+    /// Latest seq (0 for an empty log).
+    pub seq: u64,
+}
+
+/// Online users and members of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Distinct users online in the room, over all nodes.
+    pub num: u64,
+    /// Members (joined and not logged out).
+    pub total: u64,
+}
+
+/// Arguments of [`crate::Store::join`].
+#[derive(Debug, Clone)]
+pub struct JoinRequest<'a> {
+    /// The room.
+    pub room: &'a RoomId,
+    /// Who joins.
+    pub user: &'a UserId,
+    /// Their display name.
+    pub user_name: &'a str,
+    /// A display name for the room, kept if the room has none yet.
+    pub room_name: Option<&'a str>,
+}
+
+/// Result of [`crate::Store::join`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// The room's display name.
+    pub room_name: String,
+    /// The room log's head at the join.
+    pub head: Head,
+    /// Counts after the join.
+    pub counts: Counts,
+    /// True when the user had no live connection in the room on any node before.
+    pub came_online: bool,
+    /// True when the user was not a member before.
+    pub new_member: bool,
+    /// The user's read cursor on the room, if they have one.
+    pub cursor: Option<u64>,
+}
+
+/// Result of [`crate::Store::go_offline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaveOutcome {
+    /// True when the user has no live connection in the room on any node anymore.
+    pub went_offline: bool,
+    /// Counts after the change.
+    pub counts: Counts,
+}
+
+/// A user removed from a room's presence because their node stopped refreshing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    /// The user.
+    pub user: UserId,
+    /// Their display name, as last stored.
+    pub user_name: String,
+    /// Counts after the removal.
+    pub counts: Counts,
+}
+
+/// A message before it has a seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Draft {
+    /// The author.
+    pub user_id: UserId,
+    /// The author's display name.
+    pub user_name: String,
+    /// The text.
+    pub content: String,
+    /// The author's id for the post.
+    pub client_msg_id: Option<String>,
+}
+
+/// Where a post landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    /// The epoch of the log.
+    pub epoch: String,
+    /// The seq assigned.
+    pub seq: u64,
+    /// Server time of posting (ms since the Unix epoch).
+    pub ts: u64,
+}
+
+/// Where a direct message landed: once in each inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectPosted {
+    /// Position in the sender's inbox.
+    pub sender: Posted,
+    /// Position in the recipient's inbox.
+    pub recipient: Posted,
+}
+
+/// One row of `GET /api/rooms`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomSummary {
+    /// The room.
+    pub room_id: RoomId,
+    /// Its display name.
+    pub room_name: String,
+    /// Distinct users online.
+    pub num: u64,
+    /// Members.
+    pub total: u64,
+    /// Latest seq.
+    pub seq: u64,
+    /// The log's epoch.
+    pub epoch: String,
+}

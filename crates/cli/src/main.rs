@@ -1,0 +1,2 @@
+//! Terminal client.
+fn main() {}
