@@ -1,2 +1,87 @@
-//! Gateway.
-fn main() {}
+//! `chat-gateway`: the server binary.
+
+use std::path::PathBuf;
+
+use chat_gateway::config::Settings;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// A real-time multi-room chat server: one node, or a cluster over Redis.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// A TOML file overriding config/default.toml; CHAT__SECTION__KEY variables override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let settings = match Settings::load(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("chat-gateway: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(&settings);
+    let listener = match TcpListener::bind(&settings.server.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(listen = %settings.server.listen, error = %e, "cannot listen");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match chat_gateway::run(settings, listener, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "gateway failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if settings.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested: closing sessions with 1012");
+    shutdown.cancel();
+}

@@ -1,0 +1,279 @@
+//! Settings, loaded with the `config` crate.
+//!
+//! `config/default.toml` is compiled into the binary and is the only place defaults live, so the
+//! documented file and the running defaults cannot disagree. A `--config FILE` and then environment
+//! variables `CHAT__SECTION__KEY` override it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+/// The documented defaults, built in.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// All settings of a gateway node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub heartbeat: HeartbeatSettings,
+    pub limits: LimitSettings,
+    pub history: HistorySettings,
+    pub offline: OfflineSettings,
+    pub presence: PresenceSettings,
+    pub cluster: ClusterSettings,
+    pub redis: RedisSettings,
+    pub log: LogSettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub node_id: String,
+    pub shutdown_grace_secs: u64,
+}
+
+/// `[heartbeat]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct HeartbeatSettings {
+    pub interval_secs: u64,
+    pub timeout_secs: u64,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct LimitSettings {
+    pub max_content_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub outbound_queue: usize,
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+    pub max_rooms_per_connection: usize,
+    pub write_timeout_secs: u64,
+}
+
+/// `[history]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct HistorySettings {
+    pub per_room: usize,
+    pub max_page: u32,
+}
+
+/// `[offline]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct OfflineSettings {
+    pub max_per_room: usize,
+    pub ttl_secs: u64,
+}
+
+/// `[presence]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct PresenceSettings {
+    pub ttl_secs: u64,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct ClusterSettings {
+    pub sync_interval_secs: u64,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    pub pool_size: usize,
+    pub command_timeout_ms: u64,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: String,
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A file or variable could not be read or has the wrong type.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// Values that do not make sense together.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if any), then `CHAT__*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_with_env(file, Environment::with_prefix("CHAT"))
+    }
+
+    /// The built-in defaults alone (for tests and in-process servers).
+    pub fn defaults() -> Result<Self, SettingsError> {
+        let settings: Settings = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn load_with_env(file: Option<&Path>, env: Environment) -> Result<Self, SettingsError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).required(true));
+        }
+        let env = env.prefix_separator("__").separator("__").try_parsing(true);
+        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rejects combinations that would make the server misbehave rather than fail loudly.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |m: &str| Err(SettingsError::Invalid(m.to_owned()));
+        if self.heartbeat.interval_secs == 0 {
+            return invalid("heartbeat.interval_secs must be at least 1");
+        }
+        if self.heartbeat.timeout_secs <= self.heartbeat.interval_secs {
+            return invalid("heartbeat.timeout_secs must be greater than heartbeat.interval_secs");
+        }
+        if self.limits.max_content_bytes == 0
+            || self.limits.max_frame_bytes < self.limits.max_content_bytes
+        {
+            return invalid(
+                "limits.max_frame_bytes must be at least limits.max_content_bytes (> 0)",
+            );
+        }
+        if self.limits.outbound_queue == 0 || self.limits.max_rooms_per_connection == 0 {
+            return invalid(
+                "limits.outbound_queue and limits.max_rooms_per_connection must be positive",
+            );
+        }
+        if self.history.per_room == 0 || self.history.max_page == 0 {
+            return invalid("history.per_room and history.max_page must be positive");
+        }
+        if self.presence.ttl_secs < 3 {
+            return invalid("presence.ttl_secs must be at least 3 (it is refreshed every ttl/3)");
+        }
+        if self.cluster.sync_interval_secs == 0 {
+            return invalid("cluster.sync_interval_secs must be at least 1");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return invalid("log.format must be \"text\" or \"json\"");
+        }
+        Ok(())
+    }
+
+    /// Heartbeat ping period.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat.interval_secs)
+    }
+
+    /// Silence after which a connection is reaped.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat.timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Environment {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Environment::with_prefix("CHAT").source(Some(map))
+    }
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let s = Settings::defaults().expect("defaults");
+        assert_eq!(s.server.listen, "127.0.0.1:8080");
+        assert_eq!(s.heartbeat.interval_secs, 25);
+        assert_eq!(s.heartbeat.timeout_secs, 60);
+        assert_eq!(s.limits.max_content_bytes, 4096);
+        assert_eq!(s.limits.max_frame_bytes, 65536);
+        assert_eq!(s.history.per_room, 1000);
+        assert_eq!(s.presence.ttl_secs, 15);
+        assert_eq!(s.redis.prefix, "chat:");
+        assert!(s.redis.url.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_with_double_underscores() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("CHAT__SERVER__LISTEN", "0.0.0.0:9000"),
+                ("CHAT__HEARTBEAT__INTERVAL_SECS", "2"),
+                ("CHAT__REDIS__URL", "redis://127.0.0.1:6390"),
+                ("CHAT__SERVER__NODE_ID", "n1"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(s.server.listen, "0.0.0.0:9000");
+        assert_eq!(s.heartbeat.interval_secs, 2);
+        assert_eq!(s.redis.url, "redis://127.0.0.1:6390");
+        assert_eq!(s.server.node_id, "n1");
+    }
+
+    #[test]
+    fn a_config_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("chat-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[history]\nper_room = 7\n").expect("write");
+        let s = Settings::load_with_env(Some(&path), env(&[])).expect("load");
+        assert_eq!(s.history.per_room, 7);
+        assert_eq!(
+            s.heartbeat.timeout_secs, 60,
+            "untouched keys keep their defaults"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        let err = Settings::load_with_env(None, env(&[("CHAT__HEARTBEAT__TIMEOUT_SECS", "1")]))
+            .expect_err("timeout below interval");
+        assert!(err.to_string().contains("timeout_secs"), "{err}");
+        let err = Settings::load_with_env(None, env(&[("CHAT__LIMITS__MAX_FRAME_BYTES", "lots")]))
+            .expect_err("not a number");
+        assert!(err.to_string().contains("max_frame_bytes"), "{err}");
+        let err =
+            Settings::load_with_env(None, env(&[("CHAT__SERVER__LISTN", "x")])).expect_err("typo");
+        assert!(err.to_string().contains("listn"), "{err}");
+        assert!(Settings::load(Some(Path::new("/nonexistent/chat.toml"))).is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! HTTP routes: the WebSocket endpoint, the read-only REST API and health checks.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /ws` | WebSocket upgrade (protocol v1) |
+//! | `GET /api/rooms` | `{"rooms":[{roomId, roomName, num, total, seq, epoch}]}` |
+//! | `GET /api/rooms/{id}/messages?before=&limit=` | `{"roomId","epoch","messages":[...]}` |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 when the backend answers and the node is not shutting down, else 503 |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chat_backend::BackendError;
+use chat_protocol::client::DEFAULT_HISTORY_PAGE;
+use chat_protocol::server::HistoryPage;
+use chat_protocol::{ErrorCode, RoomId};
+use serde_json::json;
+
+use crate::node::Node;
+use crate::ws;
+
+/// The node's routes.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/api/rooms", get(rooms))
+        .route("/api/rooms/{id}/messages", get(messages))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/", get(index))
+        .with_state(node)
+}
+
+async fn upgrade(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade) -> Response {
+    if node.shutdown.is_cancelled() {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "shutting down",
+        );
+    }
+    let limits = &node.settings.limits;
+    let tracker = node.sessions.clone();
+    upgrade
+        .read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(limits.write_buffer_bytes)
+        .max_write_buffer_size(limits.write_buffer_bytes + limits.max_frame_bytes * 2)
+        .max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        // axum spawns the upgraded connection detached; the tracker lets shutdown wait for it.
+        .on_upgrade(move |socket| tracker.track_future(ws::drive(socket, node)))
+}
+
+fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    (status, Json(json!({ "code": code, "message": message }))).into_response()
+}
+
+fn backend_error(e: BackendError) -> Response {
+    match e {
+        BackendError::Unavailable(_) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "backend unavailable; retry later",
+        ),
+        BackendError::Corrupt(detail) => {
+            tracing::error!(%detail, "backend returned unreadable data");
+            api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "internal error",
+            )
+        }
+    }
+}
+
+async fn rooms(State(node): State<Arc<Node>>) -> Response {
+    match node.store.rooms().await {
+        Ok(rooms) => Json(json!({ "rooms": rooms })).into_response(),
+        Err(e) => backend_error(e),
+    }
+}
+
+/// Query parameters arrive as strings so a bad value gets this API's JSON error, not axum's text.
+async fn messages(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let room = match RoomId::new(id) {
+        Ok(room) => room,
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidId,
+                &format!("room id {e}"),
+            );
+        }
+    };
+    let before = match query.get("before").map(|s| s.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadField,
+                "`before` must be a non-negative integer",
+            );
+        }
+    };
+    let max = node.settings.history.max_page;
+    let limit = match query.get("limit").map(|s| s.parse::<u32>()) {
+        None => DEFAULT_HISTORY_PAGE.min(max),
+        Some(Ok(n)) if n > 0 => n.min(max),
+        Some(_) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadField,
+                "`limit` must be a positive integer",
+            );
+        }
+    };
+    match node.store.history(&room, before, limit).await {
+        Ok((epoch, messages)) => Json(HistoryPage {
+            room_id: room,
+            epoch,
+            messages,
+        })
+        .into_response(),
+        Err(e) => backend_error(e),
+    }
+}
+
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    if node.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match node.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            format!("ready ({} backend)\n", node.backend_kind),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+    }
+}
+
+async fn index() -> &'static str {
+    "chat-gateway: WebSocket protocol v1 at /ws (see docs/protocol.md); GET /api/rooms lists rooms.\n"
+}

@@ -1,0 +1,635 @@
+//! The node-local hub: which local connections are attached to which stream (room log or DM
+//! inbox), and the pump that turns broker events into frames on those connections.
+//!
+//! Invariants the hub keeps, per stream:
+//! - It delivers seqs strictly in order, each once, within an epoch. A message that arrives ahead of
+//!   its predecessor (pub/sub lost one: a dropped subscription, a Redis restart) is held back while
+//!   the gap is fetched from the store's log, then delivered after it.
+//! - A broadcast is encoded once ([`Utf8Bytes`] is reference-counted) and cloned into each
+//!   recipient's bounded queue; a recipient whose queue is full is closed as a slow consumer instead
+//!   of stalling everyone else.
+//! - A connection attaches behind a *gate*: live frames are held for it while its session sends the
+//!   `joined` reply and the replay of what it missed, then released in order. Attaching reads the
+//!   stream's delivery position under the same lock as delivery, so the replay ends exactly where
+//!   live delivery starts: no gap, no duplicate.
+//! - The node is subscribed to a stream's channel exactly while it has local connections attached;
+//!   subscribe/unsubscribe transitions are serialized so they cannot overtake each other.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use chat_backend::{BackendError, Broker, BrokerEvent, Head, Notice, Store, StreamKey};
+use chat_protocol::{ChatMessage, LogoutReason, RoomId, ServerFrame, UserId, close};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Identifies a connection on this node.
+pub type ConnId = u64;
+
+/// Largest number of frames held for one connection while its replay is being sent.
+const GATE_CAPACITY: usize = 4096;
+/// Largest number of out-of-order messages held per stream while a gap is being filled.
+const PENDING_CAPACITY: usize = 50_000;
+/// Most messages fetched from the log by one sync (logs are bounded far below this anyway).
+const SYNC_FETCH_MAX: usize = 100_000;
+
+/// What the hub hands to a connection.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A frame to write. `mark` says which stream position it delivers, so the session can record
+    /// what actually reached the socket.
+    Frame {
+        /// The encoded frame, shared with every other recipient.
+        text: Utf8Bytes,
+        /// The stream and seq of a message frame.
+        mark: Option<Mark>,
+    },
+    /// The user left the room (a `logout` from any of their connections, on any node).
+    Left(RoomId),
+}
+
+/// A delivered stream position.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    /// The stream (shared, not cloned per recipient).
+    pub stream: Arc<StreamKey>,
+    /// The seq delivered.
+    pub seq: u64,
+}
+
+/// The hub's handle on one connection: its queue and a way to close it.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    /// The connection's id on this node.
+    pub id: ConnId,
+    tx: mpsc::Sender<Outbound>,
+    kill: Arc<KillSwitch>,
+}
+
+#[derive(Debug)]
+struct KillSwitch {
+    token: CancellationToken,
+    code: AtomicU16,
+}
+
+impl ConnHandle {
+    /// A handle around a connection's bounded outbound queue.
+    pub fn new(id: ConnId, tx: mpsc::Sender<Outbound>) -> Self {
+        let kill = Arc::new(KillSwitch {
+            token: CancellationToken::new(),
+            code: AtomicU16::new(close::NORMAL),
+        });
+        Self { id, tx, kill }
+    }
+
+    /// Asks the connection's driver to close with `code`. The first reason wins.
+    pub fn kill(&self, code: u16) {
+        if !self.kill.token.is_cancelled() {
+            self.kill.code.store(code, Ordering::Relaxed);
+            self.kill.token.cancel();
+        }
+    }
+
+    /// Resolves when [`ConnHandle::kill`] was called.
+    pub async fn killed(&self) -> u16 {
+        self.kill.token.cancelled().await;
+        self.kill.code.load(Ordering::Relaxed)
+    }
+
+    /// Queues without waiting; a full queue means the client cannot keep up, and it is closed.
+    fn offer(&self, item: Outbound) {
+        match self.tx.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(conn = self.id, "outbound queue full: closing slow consumer");
+                self.kill(close::SLOW_CONSUMER);
+            }
+            // The connection is already gone; its session detaches it.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// Where a newly attached connection's live traffic starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// The stream's epoch.
+    pub epoch: String,
+    /// The last seq delivered on this node before the connection attached; everything after it
+    /// reaches the connection live once its gate opens.
+    pub last: u64,
+}
+
+/// See the module docs.
+pub struct Hub {
+    state: Mutex<HubState>,
+    /// Serializes subscribe/unsubscribe so an unsubscribe of an emptied stream cannot overtake the
+    /// subscribe of a new first member.
+    sub_lock: tokio::sync::Mutex<()>,
+    store: Arc<dyn Store>,
+    broker: Arc<dyn Broker>,
+    next_conn: AtomicU64,
+}
+
+#[derive(Default)]
+struct HubState {
+    streams: HashMap<StreamKey, LocalStream>,
+}
+
+struct LocalStream {
+    key: Arc<StreamKey>,
+    /// False until the subscription is confirmed and the head read.
+    ready: bool,
+    epoch: String,
+    /// Last seq delivered to this node's connections.
+    last: u64,
+    conns: HashMap<ConnId, AttachedConn>,
+    /// Local connections per user (for rooms: who is online through this node).
+    users: HashMap<UserId, usize>,
+    /// Messages that arrived ahead of a gap, by seq.
+    pending: BTreeMap<u64, (ChatMessage, Utf8Bytes)>,
+    /// The stream must be compared with the store's head (gap seen, resubscribed, or fetch failed).
+    needs_sync: bool,
+}
+
+struct AttachedConn {
+    handle: ConnHandle,
+    user: UserId,
+    /// `Some` while the session sends its replay: live frames wait here.
+    gate: Option<Vec<Outbound>>,
+}
+
+impl LocalStream {
+    fn new(key: StreamKey) -> Self {
+        LocalStream {
+            key: Arc::new(key),
+            ready: false,
+            epoch: String::new(),
+            last: 0,
+            conns: HashMap::new(),
+            users: HashMap::new(),
+            pending: BTreeMap::new(),
+            needs_sync: false,
+        }
+    }
+
+    fn add(&mut self, handle: &ConnHandle, user: &UserId) {
+        let previous = self.conns.insert(
+            handle.id,
+            AttachedConn {
+                handle: handle.clone(),
+                user: user.clone(),
+                gate: Some(Vec::new()),
+            },
+        );
+        if previous.is_none() {
+            *self.users.entry(user.clone()).or_insert(0) += 1;
+        }
+    }
+
+    /// Removes a connection; true when it was its user's last one on this stream.
+    fn remove(&mut self, id: ConnId) -> bool {
+        let Some(conn) = self.conns.remove(&id) else {
+            return false;
+        };
+        match self.users.get_mut(&conn.user) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                self.users.remove(&conn.user);
+                true
+            }
+        }
+    }
+
+    /// Hands one frame to every attached connection.
+    fn broadcast(&mut self, text: &Utf8Bytes, mark: Option<Mark>) {
+        for conn in self.conns.values_mut() {
+            let item = Outbound::Frame {
+                text: text.clone(),
+                mark: mark.clone(),
+            };
+            match &mut conn.gate {
+                Some(held) if held.len() < GATE_CAPACITY => held.push(item),
+                Some(_) => conn.handle.kill(close::SLOW_CONSUMER),
+                None => conn.handle.offer(item),
+            }
+        }
+    }
+
+    fn deliver(&mut self, seq: u64, text: &Utf8Bytes) {
+        let mark = Mark {
+            stream: self.key.clone(),
+            seq,
+        };
+        self.broadcast(text, Some(mark));
+        self.last = seq;
+    }
+
+    /// Delivers held messages that now follow `last` without a gap; drops ones already covered.
+    fn drain_pending(&mut self) {
+        while let Some(entry) = self.pending.first_entry() {
+            let seq = *entry.key();
+            if seq <= self.last {
+                entry.remove();
+            } else if seq == self.last + 1 {
+                let (_, text) = entry.remove();
+                self.deliver(seq, &text);
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Adopts a new epoch: the log was recreated, seqs start over.
+    fn reset_epoch(&mut self, epoch: &str) {
+        tracing::warn!(stream = ?self.key, old = %self.epoch, new = %epoch, "stream epoch changed: its log was reset");
+        self.epoch = epoch.to_owned();
+        self.last = 0;
+        self.pending.retain(|_, (m, _)| m.epoch == epoch);
+    }
+}
+
+impl Hub {
+    /// A hub over a backend.
+    pub fn new(store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Arc<Self> {
+        Arc::new(Hub {
+            state: Mutex::new(HubState::default()),
+            sub_lock: tokio::sync::Mutex::new(()),
+            store,
+            broker,
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // A panic while holding the lock would be a bug in this module; the state itself stays
+        // consistent enough to keep serving, so recover rather than poison every connection.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Attaches a connection to a stream behind a gate, subscribing the node first if it is the
+    /// stream's first local connection. See [`Hub::open_gate`].
+    pub async fn attach(
+        &self,
+        key: &StreamKey,
+        conn: &ConnHandle,
+        user: &UserId,
+    ) -> Result<Attached, BackendError> {
+        if let Some(attached) = self.attach_if_ready(key, conn, user) {
+            return Ok(attached);
+        }
+        let _transition = self.sub_lock.lock().await;
+        if let Some(attached) = self.attach_if_ready(key, conn, user) {
+            return Ok(attached);
+        }
+        {
+            let mut state = self.lock();
+            state
+                .streams
+                .entry(key.clone())
+                .or_insert_with(|| LocalStream::new(key.clone()))
+                .add(conn, user);
+        }
+        let subscribed = async {
+            self.broker.subscribe(key).await?;
+            self.store.head(key).await
+        }
+        .await;
+        let failure = match subscribed {
+            Ok(head) => {
+                let mut state = self.lock();
+                let stream = state
+                    .streams
+                    .entry(key.clone())
+                    .or_insert_with(|| LocalStream::new(key.clone()));
+                stream.ready = true;
+                stream.epoch = head.epoch.clone();
+                stream.last = head.seq;
+                stream.pending.retain(|_, (m, _)| m.epoch == head.epoch);
+                stream.drain_pending();
+                // Anything still held is ahead of a gap: let the pump fetch it.
+                stream.needs_sync = !stream.pending.is_empty();
+                if !stream.conns.contains_key(&conn.id) {
+                    // Removed meanwhile (the user logged out from another connection).
+                    stream.add(conn, user);
+                }
+                return Ok(Attached {
+                    epoch: stream.epoch.clone(),
+                    last: stream.last,
+                });
+            }
+            Err(e) => e,
+        };
+        {
+            let mut state = self.lock();
+            if let Some(stream) = state.streams.get_mut(key) {
+                stream.remove(conn.id);
+                if stream.conns.is_empty() {
+                    state.streams.remove(key);
+                }
+            }
+        }
+        // Best effort: the broker forgets the channel even if Redis is unreachable.
+        let _ = self.broker.unsubscribe(key).await;
+        Err(failure)
+    }
+
+    fn attach_if_ready(
+        &self,
+        key: &StreamKey,
+        conn: &ConnHandle,
+        user: &UserId,
+    ) -> Option<Attached> {
+        let mut state = self.lock();
+        let stream = state.streams.get_mut(key).filter(|s| s.ready)?;
+        stream.add(conn, user);
+        Some(Attached {
+            epoch: stream.epoch.clone(),
+            last: stream.last,
+        })
+    }
+
+    /// Releases the frames held for a connection since [`Hub::attach`], in order, and delivers live
+    /// from now on. The session calls it after queueing its `joined` reply and replay.
+    pub fn open_gate(&self, key: &StreamKey, conn: ConnId) {
+        let mut state = self.lock();
+        let Some(attached) = state
+            .streams
+            .get_mut(key)
+            .and_then(|s| s.conns.get_mut(&conn))
+        else {
+            return;
+        };
+        if let Some(held) = attached.gate.take() {
+            for item in held {
+                attached.handle.offer(item);
+            }
+        }
+    }
+
+    /// Detaches a connection. Returns true when it was its user's last local connection on the
+    /// stream (for a room: the user is no longer online through this node). Unsubscribes the node
+    /// when no local connection is left.
+    pub fn detach(self: &Arc<Self>, key: &StreamKey, conn: ConnId) -> bool {
+        let (last_of_user, now_empty) = {
+            let mut state = self.lock();
+            let Some(stream) = state.streams.get_mut(key) else {
+                return false;
+            };
+            let last = stream.remove(conn);
+            (last, stream.conns.is_empty())
+        };
+        if now_empty {
+            self.schedule_unsubscribe(key.clone());
+        }
+        last_of_user
+    }
+
+    fn schedule_unsubscribe(self: &Arc<Self>, key: StreamKey) {
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            let _transition = hub.sub_lock.lock().await;
+            let emptied = {
+                let mut state = hub.lock();
+                let empty = state.streams.get(&key).is_some_and(|s| s.conns.is_empty());
+                if empty {
+                    state.streams.remove(&key);
+                }
+                empty
+            };
+            if emptied && let Err(e) = hub.broker.unsubscribe(&key).await {
+                tracing::warn!(stream = ?key, error = %e, "unsubscribe failed");
+            }
+        });
+    }
+
+    /// (room, user) pairs with a live connection on this node: the presence this node vouches for.
+    pub fn local_presence(&self) -> Vec<(RoomId, UserId)> {
+        let state = self.lock();
+        let mut pairs = Vec::new();
+        for (key, stream) in &state.streams {
+            if let StreamKey::Room(room) = key {
+                pairs.extend(stream.users.keys().map(|u| (room.clone(), u.clone())));
+            }
+        }
+        pairs
+    }
+
+    /// Rooms this node is subscribed to.
+    pub fn local_rooms(&self) -> Vec<RoomId> {
+        let state = self.lock();
+        state
+            .streams
+            .keys()
+            .filter_map(|k| match k {
+                StreamKey::Room(r) => Some(r.clone()),
+                StreamKey::Inbox(_) => None,
+            })
+            .collect()
+    }
+
+    /// Number of connections attached to at least one stream, counted per stream.
+    pub fn attachment_count(&self) -> usize {
+        self.lock().streams.values().map(|s| s.conns.len()).sum()
+    }
+
+    /// Runs until `shutdown`: applies broker events, fills gaps, and compares every stream with
+    /// its head every `sync_interval` so a lost *last* message is found without waiting for a
+    /// later one.
+    pub async fn run_pump(
+        self: Arc<Self>,
+        mut events: mpsc::Receiver<BrokerEvent>,
+        sync_interval: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut full_sync = tokio::time::interval(sync_interval);
+        full_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                event = events.recv() => match event {
+                    Some(event) => self.apply(event).await,
+                    None => return,
+                },
+                _ = retry.tick() => self.sync_streams(false).await,
+                _ = full_sync.tick() => self.sync_streams(true).await,
+            }
+        }
+    }
+
+    /// Applies one broker event.
+    pub async fn apply(&self, event: BrokerEvent) {
+        match event {
+            BrokerEvent::Message {
+                stream,
+                message,
+                frame,
+            } => {
+                if self.on_message(&stream, message, frame) {
+                    self.sync_stream(&stream).await;
+                }
+            }
+            BrokerEvent::Notice { notice, frame } => self.on_notice(&notice, frame),
+            BrokerEvent::Resubscribed => {
+                tracing::info!("broker resubscribed: checking every stream for lost messages");
+                {
+                    let mut state = self.lock();
+                    for stream in state.streams.values_mut() {
+                        stream.needs_sync = true;
+                    }
+                }
+                self.sync_streams(false).await;
+            }
+        }
+    }
+
+    /// Returns true when the stream now has a gap to fill.
+    fn on_message(&self, key: &StreamKey, message: ChatMessage, frame: String) -> bool {
+        let mut state = self.lock();
+        let Some(stream) = state.streams.get_mut(key) else {
+            return false;
+        };
+        let text = Utf8Bytes::from(frame);
+        if !stream.ready {
+            stream.pending.insert(message.seq, (message, text));
+            return false;
+        }
+        if message.epoch != stream.epoch {
+            stream.reset_epoch(&message.epoch);
+        }
+        if message.seq <= stream.last {
+            return false;
+        }
+        if stream.pending.len() >= PENDING_CAPACITY {
+            // Far behind: drop what is held and let the sync fetch everything from the log.
+            stream.pending.clear();
+            stream.needs_sync = true;
+            return true;
+        }
+        stream.pending.insert(message.seq, (message, text));
+        stream.drain_pending();
+        if !stream.pending.is_empty() {
+            tracing::debug!(stream = ?key, last = stream.last, "gap in stream: fetching from the log");
+            stream.needs_sync = true;
+        }
+        stream.needs_sync
+    }
+
+    fn on_notice(&self, notice: &Notice, frame: String) {
+        let key = StreamKey::Room(notice.room_id().clone());
+        let mut state = self.lock();
+        let Some(stream) = state.streams.get_mut(&key) else {
+            return;
+        };
+        stream.broadcast(&Utf8Bytes::from(frame), None);
+        if let Notice::Logout(n) = notice
+            && n.reason == Some(LogoutReason::Left)
+        {
+            // Leaving is for all of the user's connections, on every node.
+            let leaving: Vec<ConnId> = stream
+                .conns
+                .iter()
+                .filter(|(_, c)| c.user == n.user_id)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in leaving {
+                if let Some(conn) = stream.conns.get(&id) {
+                    conn.handle.offer(Outbound::Left(n.room_id.clone()));
+                }
+                stream.remove(id);
+            }
+        }
+    }
+
+    /// Syncs streams that need it (or all, when `all`).
+    async fn sync_streams(&self, all: bool) {
+        let keys: Vec<StreamKey> = {
+            let state = self.lock();
+            state
+                .streams
+                .iter()
+                .filter(|(_, s)| s.ready && (all || s.needs_sync))
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        for key in keys {
+            self.sync_stream(&key).await;
+        }
+    }
+
+    /// Brings a stream up to the store's head: fetches and delivers whatever this node missed.
+    async fn sync_stream(&self, key: &StreamKey) {
+        if let Err(e) = self.try_sync_stream(key).await {
+            tracing::warn!(stream = ?key, error = %e, "stream sync failed; retrying");
+            if let Some(stream) = self.lock().streams.get_mut(key) {
+                stream.needs_sync = true;
+            }
+        }
+    }
+
+    async fn try_sync_stream(&self, key: &StreamKey) -> Result<(), BackendError> {
+        let Some((epoch, last)) = self.position(key) else {
+            return Ok(());
+        };
+        let head: Head = self.store.head(key).await?;
+        let after = if head.epoch == epoch { last } else { 0 };
+        let missed = if head.seq > after {
+            self.store
+                .range(key, after, head.seq, SYNC_FETCH_MAX, 0)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let mut state = self.lock();
+        let Some(stream) = state.streams.get_mut(key) else {
+            return Ok(());
+        };
+        if stream.epoch != head.epoch {
+            stream.reset_epoch(&head.epoch);
+        }
+        let mut recovered = 0usize;
+        for message in missed {
+            if message.epoch == stream.epoch && message.seq > stream.last {
+                let seq = message.seq;
+                let text = Utf8Bytes::from(ServerFrame::Message(message).encode());
+                stream.deliver(seq, &text);
+                recovered += 1;
+            }
+        }
+        if head.seq > stream.last {
+            // The log no longer holds these (trimmed by retention): nothing left to deliver.
+            stream.last = head.seq;
+        }
+        stream.drain_pending();
+        stream.needs_sync = !stream.pending.is_empty();
+        if recovered > 0 {
+            tracing::info!(stream = ?key, recovered, "filled a gap from the log");
+        }
+        Ok(())
+    }
+
+    /// The epoch and last delivered seq of a subscribed stream.
+    pub fn position(&self, key: &StreamKey) -> Option<(String, u64)> {
+        let state = self.lock();
+        state
+            .streams
+            .get(key)
+            .filter(|s| s.ready)
+            .map(|s| (s.epoch.clone(), s.last))
+    }
+}

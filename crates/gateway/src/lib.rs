@@ -1,0 +1,154 @@
+//! The chat gateway node.
+//!
+//! - [`config`]: settings (`config/default.toml`, `--config FILE`, `CHAT__SECTION__KEY`).
+//! - [`node`]: what all sessions of a node share.
+//! - [`hub`]: local fan-out, ordering and gap filling per stream.
+//! - [`session`]: one connection's protocol logic, testable without a socket.
+//! - [`ws`]: the socket driver around a session.
+//! - [`http`]: routes.
+//! - [`presence`]: keeps this node's presence alive in the cluster and reaps dead nodes' users.
+//!
+//! [`run`] serves on a listener until a shutdown token fires, then closes every session with 1012
+//! and waits for them.
+
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod node;
+pub mod presence;
+pub mod session;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_backend::Backend;
+use chat_backend::memory::{self, MemoryConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::node::Node;
+
+/// Errors that stop a node from starting.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Opens the backend the settings ask for: the embedded one when `redis.url` is empty, else Redis,
+/// retrying until it answers or `shutdown` fires.
+pub async fn open_backend(
+    settings: &Settings,
+    node_id: &str,
+    shutdown: &CancellationToken,
+) -> Result<Backend, BoxError> {
+    if settings.redis.url.is_empty() {
+        return Ok(memory::open(MemoryConfig {
+            history_per_room: settings.history.per_room,
+        }));
+    }
+    let config = chat_backend::redis_backend::RedisConfig {
+        url: settings.redis.url.clone(),
+        prefix: settings.redis.prefix.clone(),
+        node_id: node_id.to_owned(),
+        presence_ttl_secs: settings.presence.ttl_secs,
+        history_per_room: settings.history.per_room,
+        cursor_ttl_secs: settings.offline.ttl_secs,
+        pool_size: settings.redis.pool_size,
+        command_timeout_ms: settings.redis.command_timeout_ms,
+    };
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match chat_backend::redis_backend::open(config.clone()).await {
+            Ok(backend) => return Ok(backend),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "redis is not reachable yet"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err("shut down before redis became reachable".into()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Serves HTTP and WebSocket on `listener` until `shutdown` is cancelled, then closes sessions
+/// with 1012 and waits up to `server.shutdown_grace_secs` for them to finish.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), BoxError> {
+    let node_id = if settings.server.node_id.is_empty() {
+        format!("node-{}", &memory::new_epoch()[..8])
+    } else {
+        settings.server.node_id.clone()
+    };
+    let backend = open_backend(&settings, &node_id, &shutdown).await?;
+    let Backend {
+        store,
+        broker,
+        events,
+        kind,
+    } = backend;
+    let node = Node::new(node_id, settings, store, broker, kind, shutdown.clone());
+    let sync_interval = Duration::from_secs(node.settings.cluster.sync_interval_secs);
+
+    let background = tokio_util::task::TaskTracker::new();
+    background.spawn(
+        node.hub
+            .clone()
+            .run_pump(events, sync_interval, shutdown.clone()),
+    );
+    background.spawn(presence::run(node.clone()));
+    background.close();
+
+    tracing::info!(
+        node = %node.id,
+        backend = kind,
+        addr = %listener.local_addr()?,
+        "chat gateway listening"
+    );
+    axum::serve(listener, http::router(node.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
+
+    node.sessions.close();
+    let grace = Duration::from_secs(node.settings.server.shutdown_grace_secs);
+    if tokio::time::timeout(grace, node.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = node.sessions.len(),
+            "sessions still running after the shutdown grace period"
+        );
+    }
+    // Give the broker a moment to deliver the last offline notices before the pump stops.
+    let _ = tokio::time::timeout(Duration::from_secs(1), background.wait()).await;
+    tracing::info!(node = %node.id, "chat gateway stopped");
+    Ok(())
+}
+
+/// Convenience for tests and embedders: a node on `127.0.0.1:0` in the background.
+pub struct Spawned {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Cancel to shut it down.
+    pub shutdown: CancellationToken,
+    /// Resolves when it has shut down.
+    pub task: tokio::task::JoinHandle<Result<(), BoxError>>,
+}
+
+/// Starts a node with `settings` on an ephemeral loopback port.
+pub async fn spawn(settings: Settings) -> Result<Spawned, BoxError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(settings, listener, shutdown.clone()));
+    Ok(Spawned {
+        addr,
+        shutdown,
+        task,
+    })
+}
+
+/// Keeps `Arc<Node>` nameable by embedders.
+pub type SharedNode = Arc<Node>;

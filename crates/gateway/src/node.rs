@@ -1,0 +1,90 @@
+//! Everything one gateway node shares between its sessions: settings, backend, hub, shutdown.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chat_backend::{Broker, Store};
+use chat_protocol::{Limits, RoomId, UserId};
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::hub::Hub;
+
+/// Number of presence lock stripes; see [`Node::presence_guard`].
+const PRESENCE_STRIPES: usize = 64;
+
+/// Shared state of a node. Sessions hold an `Arc<Node>`.
+pub struct Node {
+    /// This node's id (presence entries name it).
+    pub id: String,
+    /// The settings it started with.
+    pub settings: Settings,
+    /// Protocol limits derived from the settings.
+    pub limits: Limits,
+    /// Local fan-out.
+    pub hub: Arc<Hub>,
+    /// Shared state.
+    pub store: Arc<dyn Store>,
+    /// Live traffic between nodes.
+    pub broker: Arc<dyn Broker>,
+    /// `memory` or `redis`.
+    pub backend_kind: &'static str,
+    /// Cancelled when the node starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Every session task, so shutdown can wait for them (axum's `on_upgrade` spawns them
+    /// detached).
+    pub sessions: TaskTracker,
+    presence_locks: Vec<Mutex<()>>,
+}
+
+impl Node {
+    /// Assembles a node.
+    pub fn new(
+        id: String,
+        settings: Settings,
+        store: Arc<dyn Store>,
+        broker: Arc<dyn Broker>,
+        backend_kind: &'static str,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let limits = Limits {
+            max_content_bytes: settings.limits.max_content_bytes,
+            max_history_page: settings.history.max_page,
+        };
+        Arc::new(Node {
+            id,
+            limits,
+            hub: Hub::new(store.clone(), broker.clone()),
+            store,
+            broker,
+            backend_kind,
+            shutdown,
+            sessions: TaskTracker::new(),
+            presence_locks: (0..PRESENCE_STRIPES).map(|_| Mutex::new(())).collect(),
+            settings,
+        })
+    }
+
+    /// Serializes presence changes of one (room, user) on this node: a join and a leave of the
+    /// same user racing through the store must not leave them offline while a connection is live.
+    pub async fn presence_guard(&self, room: &RoomId, user: &UserId) -> MutexGuard<'_, ()> {
+        let mut hasher = DefaultHasher::new();
+        (room, user).hash(&mut hasher);
+        let stripe = (hasher.finish() % PRESENCE_STRIPES as u64) as usize;
+        self.presence_locks[stripe].lock().await
+    }
+
+    /// Oldest message timestamp (ms) that offline replay still delivers.
+    pub fn replay_min_ts(&self) -> u64 {
+        let ttl = Duration::from_secs(self.settings.offline.ttl_secs);
+        SystemTime::now()
+            .checked_sub(ttl)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,55 @@
+//! Cluster presence upkeep: refreshes the TTLs of this node's presence entries every `ttl/3`, and
+//! reaps entries that expired because their node died, sending the `logout` notices that node
+//! never could. With the embedded backend both are no-ops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_backend::Notice;
+use chat_protocol::{LogoutReason, PresenceNotice};
+
+use crate::node::Node;
+
+/// Runs until the node shuts down.
+pub async fn run(node: Arc<Node>) {
+    let period = Duration::from_millis(node.settings.presence.ttl_secs * 1000 / 3);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => upkeep(&node).await,
+        }
+    }
+}
+
+async fn upkeep(node: &Node) {
+    let entries = node.hub.local_presence();
+    if let Err(e) = node.store.refresh_presence(&entries).await {
+        tracing::warn!(error = %e, "could not refresh presence");
+        return;
+    }
+    for room in node.hub.local_rooms() {
+        let reaped = match node.store.reap_presence(&room).await {
+            Ok(reaped) => reaped,
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "could not reap expired presence");
+                continue;
+            }
+        };
+        for gone in reaped {
+            tracing::info!(%room, user = %gone.user, "reaped a user whose node stopped refreshing presence");
+            let notice = Notice::Logout(PresenceNotice {
+                room_id: room.clone(),
+                user_id: gone.user,
+                user_name: gone.user_name,
+                num: gone.counts.num,
+                total: gone.counts.total,
+                reason: Some(LogoutReason::Offline),
+            });
+            if let Err(e) = node.broker.publish_notice(&notice).await {
+                tracing::warn!(%room, error = %e, "could not publish a logout notice");
+            }
+        }
+    }
+}

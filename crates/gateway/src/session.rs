@@ -1,0 +1,611 @@
+//! One client connection's protocol logic, without the socket.
+//!
+//! A [`Session`] takes decoded input (`on_text`, `on_binary`, hub [`Outbound`] control items,
+//! delivery marks, timer ticks) and produces frames: its own replies go to an ordered reply queue
+//! ([`Session::take_replies`]) that the socket driver writes before anything the hub queued, and
+//! live traffic reaches the connection through the hub. Tests drive it directly with the in-memory
+//! backend and read both queues; `ws.rs` connects it to a real WebSocket.
+//!
+//! Read cursors (the offline queue): for each room the session remembers the highest seq that
+//! reached the socket and the highest seq the client acknowledged. When the connection ends, the
+//! user's cursor moves to the acknowledged seq if the client ever sent `ack` for that room (so
+//! nothing unacknowledged is lost), else to the delivered seq (old clients never ack). Acks are
+//! also written while connected, at most once a second per room, so a node that dies loses little.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use chat_backend::{BackendError, Draft, JoinRequest, Notice, StreamKey};
+use chat_protocol::client::AckStream;
+use chat_protocol::server::{HistoryPage, Joined, Sent};
+use chat_protocol::{
+    ClientFrame, ErrorCode, HistoryRequest, LoginRequest, LogoutReason, PostRequest,
+    PresenceNotice, ProtocolError, RoomId, ServerFrame, Target, UserId, parse_client_frame,
+};
+
+use crate::hub::{ConnHandle, Mark};
+use crate::node::Node;
+
+/// Acks are written to the store at most this often per stream while connected.
+const ACK_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Who the connection is; fixed by its first `login`.
+#[derive(Debug, Clone)]
+struct Identity {
+    id: UserId,
+    name: String,
+}
+
+/// What the session knows about its position in one stream.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Highest seq written to the socket.
+    delivered: u64,
+    /// Highest seq the client acknowledged, if it ever did.
+    acked: Option<u64>,
+    /// Highest acknowledged seq already written to the store.
+    ack_written: u64,
+    last_ack_write: Option<Instant>,
+}
+
+impl Progress {
+    /// The cursor to store when the connection ends, if it moved.
+    fn final_cursor(&self) -> Option<u64> {
+        match self.acked {
+            Some(acked) => (acked > self.ack_written).then_some(acked),
+            None => (self.delivered > 0).then_some(self.delivered),
+        }
+    }
+}
+
+/// See the module docs.
+pub struct Session {
+    node: Arc<Node>,
+    conn: ConnHandle,
+    user: Option<Identity>,
+    rooms: HashMap<RoomId, Progress>,
+    inbox: Option<Progress>,
+    replies: VecDeque<Utf8Bytes>,
+}
+
+fn unavailable(e: BackendError) -> ProtocolError {
+    match e {
+        BackendError::Unavailable(_) => ProtocolError::new(
+            ErrorCode::Unavailable,
+            "the chat backend is unavailable; nothing was stored, send it again later",
+        ),
+        BackendError::Corrupt(detail) => {
+            tracing::error!(%detail, "backend returned unreadable data");
+            ProtocolError::new(ErrorCode::Internal, "internal error; nothing was stored")
+        }
+    }
+}
+
+impl Session {
+    /// A session for a connection whose hub handle is `conn`.
+    pub fn new(node: Arc<Node>, conn: ConnHandle) -> Self {
+        Session {
+            node,
+            conn,
+            user: None,
+            rooms: HashMap::new(),
+            inbox: None,
+            replies: VecDeque::new(),
+        }
+    }
+
+    /// The connection's id.
+    pub fn conn_id(&self) -> u64 {
+        self.conn.id
+    }
+
+    /// Replies produced since the last call, in order. The driver writes them before anything
+    /// from the hub queue.
+    pub fn take_replies(&mut self) -> impl Iterator<Item = Utf8Bytes> + '_ {
+        self.replies.drain(..)
+    }
+
+    /// True when replies are waiting.
+    pub fn has_replies(&self) -> bool {
+        !self.replies.is_empty()
+    }
+
+    fn reply(&mut self, frame: &ServerFrame) {
+        self.replies.push_back(Utf8Bytes::from(frame.encode()));
+    }
+
+    fn reply_error(&mut self, error: ProtocolError) {
+        self.reply(&ServerFrame::from(error));
+    }
+
+    /// A text frame from the client.
+    pub async fn on_text(&mut self, text: &str) {
+        let frame = match parse_client_frame(text, &self.node.limits) {
+            Ok(frame) => frame,
+            Err(e) => return self.reply_error(e),
+        };
+        let result = match frame {
+            ClientFrame::Login(login) => self.login(login).await,
+            ClientFrame::Logout { room_id } => self.logout(room_id).await,
+            ClientFrame::Message(post) => {
+                let reference = post.client_msg_id.clone();
+                self.post(post).await.map_err(|e| e.with_ref(reference))
+            }
+            ClientFrame::Ack { stream, seq } => self.ack(stream, seq).await,
+            ClientFrame::History(request) => self.history(request).await,
+            ClientFrame::HeartBeat => {
+                self.reply(&ServerFrame::pong());
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            self.reply_error(e);
+        }
+    }
+
+    /// A binary frame from the client: not part of the protocol.
+    pub fn on_binary(&mut self) {
+        self.reply_error(ProtocolError::new(
+            ErrorCode::BinaryFrame,
+            "binary frames are not supported; send JSON text",
+        ));
+    }
+
+    /// A frame carrying `mark` reached the socket.
+    pub fn on_delivered(&mut self, mark: &Mark) {
+        let progress = match mark.stream.as_ref() {
+            StreamKey::Room(room) => self.rooms.get_mut(room),
+            StreamKey::Inbox(_) => self.inbox.as_mut(),
+        };
+        if let Some(p) = progress {
+            p.delivered = p.delivered.max(mark.seq);
+        }
+    }
+
+    /// The user left `room` through another connection: this one is no longer in it.
+    pub fn on_left(&mut self, room: &RoomId) {
+        self.rooms.remove(room);
+    }
+
+    /// Periodic work (driven by the heartbeat timer): writes acknowledgements held back by the
+    /// once-a-second limit.
+    pub async fn on_tick(&mut self) {
+        let Some(user) = self.user.clone() else {
+            return;
+        };
+        let due: Vec<(StreamKey, u64)> = self
+            .rooms
+            .iter()
+            .map(|(r, p)| (StreamKey::Room(r.clone()), p))
+            .chain(
+                self.inbox
+                    .iter()
+                    .map(|p| (StreamKey::Inbox(user.id.clone()), p)),
+            )
+            .filter_map(|(k, p)| p.acked.filter(|a| *a > p.ack_written).map(|a| (k, a)))
+            .collect();
+        for (key, seq) in due {
+            self.write_ack(&user.id, &key, seq).await;
+        }
+    }
+
+    async fn login(&mut self, req: LoginRequest) -> Result<(), ProtocolError> {
+        if let Some(user) = &self.user
+            && user.id != req.user_id
+        {
+            return Err(ProtocolError::new(
+                ErrorCode::UserMismatch,
+                format!(
+                    "this connection is user `{}`; open another connection for `{}`",
+                    user.id, req.user_id
+                ),
+            ));
+        }
+        let already_joined = self.rooms.contains_key(&req.room_id);
+        if !already_joined && self.rooms.len() >= self.node.settings.limits.max_rooms_per_connection
+        {
+            return Err(ProtocolError::new(
+                ErrorCode::TooManyRooms,
+                format!(
+                    "a connection may be in at most {} rooms",
+                    self.node.settings.limits.max_rooms_per_connection
+                ),
+            ));
+        }
+        let node = self.node.clone();
+        let key = StreamKey::Room(req.room_id.clone());
+        let join = JoinRequest {
+            room: &req.room_id,
+            user: &req.user_id,
+            user_name: &req.user_name,
+            room_name: req.room_name.as_deref(),
+        };
+
+        let guard = node.presence_guard(&req.room_id, &req.user_id).await;
+        let outcome = node.store.join(&join).await.map_err(unavailable)?;
+        if already_joined {
+            drop(guard);
+            let (epoch, last) = node
+                .hub
+                .position(&key)
+                .unwrap_or((outcome.head.epoch.clone(), outcome.head.seq));
+            self.reply(&ServerFrame::Joined(Joined {
+                room_id: req.room_id,
+                room_name: outcome.room_name,
+                seq: last,
+                epoch,
+                num: outcome.counts.num,
+                total: outcome.counts.total,
+                replayed: 0,
+            }));
+            return Ok(());
+        }
+        let attached = match node.hub.attach(&key, &self.conn, &req.user_id).await {
+            Ok(attached) => attached,
+            Err(e) => {
+                // Undo the presence the join just recorded, unless another local connection of the
+                // user holds it.
+                if outcome.came_online {
+                    let _ = node.store.go_offline(&req.room_id, &req.user_id).await;
+                }
+                return Err(unavailable(e));
+            }
+        };
+        drop(guard);
+
+        let first_login = self.user.is_none();
+        if first_login {
+            self.user = Some(Identity {
+                id: req.user_id.clone(),
+                name: req.user_name.clone(),
+            });
+        }
+        // Where the client's knowledge ends: what it says (`since`), else its stored cursor. A
+        // position from another epoch means the log was reset: everything in the new one is new.
+        let known = match (req.since, &req.epoch) {
+            (Some(_), Some(epoch)) if *epoch != attached.epoch => Some(0),
+            (Some(since), _) => Some(since),
+            (None, _) => outcome.cursor,
+        }
+        .map(|k| if k > attached.last { 0 } else { k });
+        let replay = match known {
+            Some(after) if after < attached.last => {
+                let max = node.settings.offline.max_per_room;
+                let min_ts = if req.since.is_some() {
+                    0
+                } else {
+                    node.replay_min_ts()
+                };
+                match node
+                    .store
+                    .range(&key, after, attached.last, max, min_ts)
+                    .await
+                {
+                    Ok(messages) => messages,
+                    Err(e) => {
+                        tracing::warn!(room = %req.room_id, error = %e, "could not load missed messages");
+                        self.reply_error(ProtocolError::new(
+                            ErrorCode::Unavailable,
+                            "joined, but missed messages could not be loaded; send login again with `since`",
+                        ));
+                        Vec::new()
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+        self.reply(&ServerFrame::Joined(Joined {
+            room_id: req.room_id.clone(),
+            room_name: outcome.room_name,
+            seq: attached.last,
+            epoch: attached.epoch.clone(),
+            num: outcome.counts.num,
+            total: outcome.counts.total,
+            replayed: replay.len() as u64,
+        }));
+        let mut progress = Progress::default();
+        for mut message in replay {
+            message.replay = true;
+            progress.delivered = progress.delivered.max(message.seq);
+            self.reply(&ServerFrame::Message(message));
+        }
+        self.rooms.insert(req.room_id.clone(), progress);
+        node.hub.open_gate(&key, self.conn.id);
+
+        if known.is_none() {
+            // A new member starts reading at the current end of the log.
+            if let Err(e) = node
+                .store
+                .advance_cursor(&req.user_id, &key, attached.last)
+                .await
+            {
+                tracing::debug!(error = %e, "could not store the initial cursor");
+            }
+        }
+        if outcome.came_online {
+            let notice = Notice::Login(PresenceNotice {
+                room_id: req.room_id.clone(),
+                user_id: req.user_id.clone(),
+                user_name: req.user_name.clone(),
+                num: outcome.counts.num,
+                total: outcome.counts.total,
+                reason: None,
+            });
+            if let Err(e) = node.broker.publish_notice(&notice).await {
+                tracing::warn!(room = %req.room_id, error = %e, "could not publish a login notice");
+            }
+        }
+        if first_login {
+            self.attach_inbox().await;
+        }
+        tracing::debug!(conn = self.conn.id, room = %req.room_id, user = %req.user_id, "joined");
+        Ok(())
+    }
+
+    /// Attaches the connection to its user's direct-message inbox and replays what they missed.
+    async fn attach_inbox(&mut self) {
+        let Some(user) = self.user.clone() else {
+            return;
+        };
+        let node = self.node.clone();
+        let key = StreamKey::Inbox(user.id.clone());
+        let attached = match node.hub.attach(&key, &self.conn, &user.id).await {
+            Ok(attached) => attached,
+            Err(e) => {
+                tracing::warn!(user = %user.id, error = %e, "could not attach the direct-message inbox");
+                self.reply_error(ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    "direct messages are unavailable on this connection; reconnect later",
+                ));
+                return;
+            }
+        };
+        let cursor = node.store.cursor(&user.id, &key).await.unwrap_or_else(|e| {
+            tracing::warn!(user = %user.id, error = %e, "could not read the inbox cursor");
+            Some(attached.last)
+        });
+        let mut progress = Progress::default();
+        match cursor.map(|c| if c > attached.last { 0 } else { c }) {
+            Some(after) if after < attached.last => {
+                let max = node.settings.offline.max_per_room;
+                match node
+                    .store
+                    .range(&key, after, attached.last, max, node.replay_min_ts())
+                    .await
+                {
+                    Ok(messages) => {
+                        for mut message in messages {
+                            message.replay = true;
+                            progress.delivered = progress.delivered.max(message.seq);
+                            self.reply(&ServerFrame::Message(message));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(user = %user.id, error = %e, "could not load missed direct messages")
+                    }
+                }
+            }
+            Some(_) => {}
+            None => {
+                if let Err(e) = node
+                    .store
+                    .advance_cursor(&user.id, &key, attached.last)
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not store the initial inbox cursor");
+                }
+            }
+        }
+        self.inbox = Some(progress);
+        node.hub.open_gate(&key, self.conn.id);
+    }
+
+    async fn logout(&mut self, room: RoomId) -> Result<(), ProtocolError> {
+        let user = self.joined_user(&room)?;
+        let node = self.node.clone();
+        let key = StreamKey::Room(room.clone());
+        let guard = node.presence_guard(&room, &user.id).await;
+        let counts = node
+            .store
+            .leave(&room, &user.id)
+            .await
+            .map_err(unavailable)?;
+        node.hub.detach(&key, self.conn.id);
+        drop(guard);
+        self.rooms.remove(&room);
+        let notice = PresenceNotice {
+            room_id: room.clone(),
+            user_id: user.id.clone(),
+            user_name: user.name.clone(),
+            num: counts.num,
+            total: counts.total,
+            reason: Some(LogoutReason::Left),
+        };
+        // This connection is detached already, so it gets its confirmation directly; the
+        // published notice tells everyone else and detaches the user's other connections.
+        self.reply(&ServerFrame::Logout(notice.clone()));
+        if let Err(e) = node.broker.publish_notice(&Notice::Logout(notice)).await {
+            tracing::warn!(%room, error = %e, "could not publish a logout notice");
+        }
+        Ok(())
+    }
+
+    fn joined_user(&self, room: &RoomId) -> Result<Identity, ProtocolError> {
+        match &self.user {
+            Some(user) if self.rooms.contains_key(room) => Ok(user.clone()),
+            _ => Err(ProtocolError::new(
+                ErrorCode::NotJoined,
+                format!("not in room `{room}`; send login first"),
+            )),
+        }
+    }
+
+    async fn post(&mut self, post: PostRequest) -> Result<(), ProtocolError> {
+        let node = self.node.clone();
+        match post.target {
+            Target::Room(room) => {
+                let user = self.joined_user(&room)?;
+                let draft = Draft {
+                    user_id: user.id,
+                    user_name: user.name,
+                    content: post.content,
+                    client_msg_id: post.client_msg_id.clone(),
+                };
+                let posted = node.store.post(&room, &draft).await.map_err(unavailable)?;
+                tracing::debug!(%room, seq = posted.seq, "posted");
+                self.reply(&ServerFrame::Sent(Sent {
+                    room_id: Some(room),
+                    to_user_id: None,
+                    client_msg_id: post.client_msg_id,
+                    seq: posted.seq,
+                    epoch: posted.epoch,
+                    ts: posted.ts,
+                }));
+            }
+            Target::User(to) => {
+                let Some(user) = self.user.clone() else {
+                    return Err(ProtocolError::new(
+                        ErrorCode::NotJoined,
+                        "send login first: a connection takes its user from its first login",
+                    ));
+                };
+                let draft = Draft {
+                    user_id: user.id,
+                    user_name: user.name,
+                    content: post.content,
+                    client_msg_id: post.client_msg_id.clone(),
+                };
+                let posted = node
+                    .store
+                    .post_direct(&to, &draft)
+                    .await
+                    .map_err(unavailable)?;
+                self.reply(&ServerFrame::Sent(Sent {
+                    room_id: None,
+                    to_user_id: Some(to),
+                    client_msg_id: post.client_msg_id,
+                    seq: posted.sender.seq,
+                    epoch: posted.sender.epoch,
+                    ts: posted.sender.ts,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    async fn ack(&mut self, stream: AckStream, seq: u64) -> Result<(), ProtocolError> {
+        let (user, key) = match stream {
+            AckStream::Room(room) => {
+                let user = self.joined_user(&room)?;
+                (user, StreamKey::Room(room))
+            }
+            AckStream::Direct => match (&self.user, &self.inbox) {
+                (Some(user), Some(_)) => (user.clone(), StreamKey::Inbox(user.id.clone())),
+                _ => return Err(ProtocolError::new(ErrorCode::NotJoined, "send login first")),
+            },
+        };
+        let progress = match &key {
+            StreamKey::Room(room) => self.rooms.get_mut(room),
+            StreamKey::Inbox(_) => self.inbox.as_mut(),
+        };
+        let Some(progress) = progress else {
+            return Ok(());
+        };
+        progress.acked = Some(progress.acked.unwrap_or(0).max(seq));
+        let due = progress
+            .last_ack_write
+            .is_none_or(|t| t.elapsed() >= ACK_WRITE_INTERVAL);
+        if due {
+            let acked = progress.acked.unwrap_or(seq);
+            self.write_ack(&user.id, &key, acked).await;
+        }
+        Ok(())
+    }
+
+    async fn write_ack(&mut self, user: &UserId, key: &StreamKey, seq: u64) {
+        match self.node.store.advance_cursor(user, key, seq).await {
+            Ok(()) => {
+                let progress = match key {
+                    StreamKey::Room(room) => self.rooms.get_mut(room),
+                    StreamKey::Inbox(_) => self.inbox.as_mut(),
+                };
+                if let Some(p) = progress {
+                    p.ack_written = p.ack_written.max(seq);
+                    p.last_ack_write = Some(Instant::now());
+                }
+            }
+            // Kept in memory; the next tick or the end of the session writes it.
+            Err(e) => tracing::debug!(error = %e, "could not store an ack"),
+        }
+    }
+
+    async fn history(&mut self, request: HistoryRequest) -> Result<(), ProtocolError> {
+        let (epoch, messages) = self
+            .node
+            .store
+            .history(&request.room_id, request.before, request.limit)
+            .await
+            .map_err(unavailable)?;
+        self.reply(&ServerFrame::History(HistoryPage {
+            room_id: request.room_id,
+            epoch,
+            messages,
+        }));
+        Ok(())
+    }
+
+    /// The connection is gone (closed, reaped, killed, or the node is shutting down): detach it,
+    /// store cursors, and tell the rooms the user went offline where this was their last
+    /// connection.
+    pub async fn finish(&mut self) {
+        let Some(user) = self.user.clone() else {
+            return;
+        };
+        let node = self.node.clone();
+        for (room, progress) in std::mem::take(&mut self.rooms) {
+            let key = StreamKey::Room(room.clone());
+            if let Some(cursor) = progress.final_cursor()
+                && let Err(e) = node.store.advance_cursor(&user.id, &key, cursor).await
+            {
+                tracing::warn!(%room, error = %e, "could not store the read cursor");
+            }
+            let guard = node.presence_guard(&room, &user.id).await;
+            let last_local = node.hub.detach(&key, self.conn.id);
+            if !last_local {
+                continue;
+            }
+            match node.store.go_offline(&room, &user.id).await {
+                Ok(outcome) => {
+                    drop(guard);
+                    if outcome.went_offline {
+                        let notice = Notice::Logout(PresenceNotice {
+                            room_id: room.clone(),
+                            user_id: user.id.clone(),
+                            user_name: user.name.clone(),
+                            num: outcome.counts.num,
+                            total: outcome.counts.total,
+                            reason: Some(LogoutReason::Offline),
+                        });
+                        if let Err(e) = node.broker.publish_notice(&notice).await {
+                            tracing::warn!(%room, error = %e, "could not publish a logout notice");
+                        }
+                    }
+                }
+                // The presence entry expires after presence.ttl_secs and a live node reaps it,
+                // sending the notice then.
+                Err(e) => tracing::warn!(%room, error = %e, "could not record going offline"),
+            }
+        }
+        if let Some(progress) = self.inbox.take() {
+            let key = StreamKey::Inbox(user.id.clone());
+            node.hub.detach(&key, self.conn.id);
+            if let Some(cursor) = progress.final_cursor()
+                && let Err(e) = node.store.advance_cursor(&user.id, &key, cursor).await
+            {
+                tracing::warn!(error = %e, "could not store the inbox cursor");
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The socket driver: connects a [`Session`] to a real WebSocket.
+//!
+//! One task per connection owns the socket and the session and `select!`s over: frames from the
+//! client, the hub's bounded outbound queue, the heartbeat timer, a kill switch (slow consumer) and
+//! node shutdown. Writes are coalesced: everything already queued is fed to the sink and then
+//! flushed once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use chat_protocol::close;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+
+use crate::hub::{ConnHandle, Outbound};
+use crate::node::Node;
+use crate::session::Session;
+
+/// Most hub items written per flush, so one busy connection cannot monopolize its task forever.
+const MAX_BATCH: usize = 256;
+
+/// Why the driver loop ended.
+enum Ending {
+    /// Close the socket with this code and reason.
+    Close(u16, &'static str),
+    /// The client closed or vanished; nothing to send.
+    Gone,
+}
+
+/// Runs one connection to its end, then cleans up its session.
+pub async fn drive(socket: WebSocket, node: Arc<Node>) {
+    let (tx, mut rx) = mpsc::channel(node.settings.limits.outbound_queue);
+    let conn = ConnHandle::new(node.hub.next_conn_id(), tx);
+    let mut session = Session::new(node.clone(), conn.clone());
+    let (mut sink, mut stream) = socket.split();
+    let ending = run(&node, &conn, &mut session, &mut sink, &mut stream, &mut rx).await;
+
+    if let Ending::Close(code, reason) = ending {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // The peer may be gone or stuck; do not let a close wait forever.
+        let _ = timeout(
+            Duration::from_secs(2),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+    drop(sink);
+    session.finish().await;
+    tracing::debug!(conn = conn.id, "connection finished");
+}
+
+async fn run(
+    node: &Node,
+    conn: &ConnHandle,
+    session: &mut Session,
+    sink: &mut SplitSink<WebSocket, Message>,
+    stream: &mut SplitStream<WebSocket>,
+    rx: &mut mpsc::Receiver<Outbound>,
+) -> Ending {
+    let idle_timeout = node.settings.idle_timeout();
+    let write_timeout = Duration::from_secs(node.settings.limits.write_timeout_secs);
+    let mut ping = tokio::time::interval_at(
+        Instant::now() + node.settings.ping_interval(),
+        node.settings.ping_interval(),
+    );
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+
+    loop {
+        if session.has_replies() {
+            match timeout(write_timeout, write_batch(session, sink, rx, None)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(())) => return Ending::Gone,
+                Err(_) => return Ending::Close(close::SLOW_CONSUMER, "write timed out"),
+            }
+        }
+        tokio::select! {
+            biased;
+            code = conn.killed() => return Ending::Close(code, "slow consumer"),
+            _ = node.shutdown.cancelled() => return Ending::Close(close::SERVICE_RESTART, "server restarting"),
+            item = rx.recv() => {
+                let Some(item) = item else { return Ending::Gone };
+                match timeout(write_timeout, write_batch(session, sink, rx, Some(item))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(())) => return Ending::Gone,
+                    Err(_) => return Ending::Close(close::SLOW_CONSUMER, "write timed out"),
+                }
+            }
+            incoming = tokio::time::timeout_at(last_heard + idle_timeout, stream.next()) => {
+                let message = match incoming {
+                    Err(_) => return Ending::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"),
+                    Ok(None) => return Ending::Gone,
+                    Ok(Some(Err(e))) => return read_error(e),
+                    Ok(Some(Ok(message))) => message,
+                };
+                last_heard = Instant::now();
+                match message {
+                    Message::Text(text) => session.on_text(text.as_str()).await,
+                    Message::Binary(_) => session.on_binary(),
+                    // tungstenite answers pings itself; pongs only prove the client is alive.
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Close(_) => return Ending::Gone,
+                }
+            }
+            _ = ping.tick() => {
+                if timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                    return Ending::Gone;
+                }
+                session.on_tick().await;
+            }
+        }
+    }
+}
+
+/// Writes the session's replies, then `first` and whatever else the hub has queued, then flushes
+/// once.
+async fn write_batch(
+    session: &mut Session,
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Outbound>,
+    first: Option<Outbound>,
+) -> Result<(), ()> {
+    let replies: Vec<_> = session.take_replies().collect();
+    for text in replies {
+        sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+    }
+    let mut marks = Vec::new();
+    let mut next = first;
+    let mut written = 0;
+    while let Some(item) = next.take() {
+        match item {
+            Outbound::Frame { text, mark } => {
+                sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+                marks.extend(mark);
+            }
+            Outbound::Left(room) => session.on_left(&room),
+        }
+        written += 1;
+        if written < MAX_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    sink.flush().await.map_err(|_| ())?;
+    for mark in &marks {
+        session.on_delivered(mark);
+    }
+    Ok(())
+}
+
+/// A read error: an oversized frame gets 1009, anything else means the connection is broken.
+fn read_error(error: axum::Error) -> Ending {
+    let inner = error.into_inner();
+    let too_big = inner
+        .downcast_ref::<tungstenite::Error>()
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+    if too_big {
+        Ending::Close(close::MESSAGE_TOO_BIG, "frame too large")
+    } else {
+        tracing::debug!(error = %inner, "websocket read failed");
+        Ending::Gone
+    }
+}
