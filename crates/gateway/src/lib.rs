@@ -5,7 +5,7 @@
 //! - [`hub`]: local fan-out, ordering and gap filling per stream.
 //! - [`session`]: one connection's protocol logic, testable without a socket.
 //! - [`ws`]: the socket driver around a session.
-//! - [`http`]: routes.
+//! - [`http`]: the routes.
 //! - [`presence`]: keeps this node's presence alive in the cluster and reaps dead nodes' users.
 //!
 //! [`run`] serves on a listener until a shutdown token fires, then closes every session with 1012

@@ -1,0 +1,246 @@
+//! Session logic driven without a socket: real hub and in-memory backend, frames in, frames out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_backend::memory::{self, MemoryConfig};
+use chat_gateway::config::Settings;
+use chat_gateway::hub::{ConnHandle, Outbound};
+use chat_gateway::node::Node;
+use chat_gateway::session::Session;
+use chat_protocol::{ErrorCode, LogoutReason, ServerFrame};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+struct Harness {
+    node: Arc<Node>,
+}
+
+/// One simulated connection: its session and the hub queue a socket driver would drain.
+struct Conn {
+    session: Session,
+    rx: mpsc::Receiver<Outbound>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let settings = Settings::defaults().expect("defaults");
+        let backend = memory::open(MemoryConfig {
+            history_per_room: settings.history.per_room,
+        });
+        let shutdown = CancellationToken::new();
+        let node = Node::new(
+            "test".into(),
+            settings,
+            backend.store,
+            backend.broker,
+            "memory",
+            shutdown.clone(),
+        );
+        tokio::spawn(
+            node.hub
+                .clone()
+                .run_pump(backend.events, Duration::from_secs(5), shutdown),
+        );
+        Harness { node }
+    }
+
+    fn connect(&self) -> Conn {
+        let (tx, rx) = mpsc::channel(64);
+        let conn = ConnHandle::new(self.node.hub.next_conn_id(), tx);
+        Conn {
+            session: Session::new(self.node.clone(), conn),
+            rx,
+        }
+    }
+}
+
+impl Conn {
+    async fn send(&mut self, text: &str) {
+        self.session.on_text(text).await;
+    }
+
+    fn replies(&mut self) -> Vec<ServerFrame> {
+        self.session
+            .take_replies()
+            .map(|t| ServerFrame::decode(t.as_str()).expect("server frame"))
+            .collect()
+    }
+
+    /// Next frame the hub queued for this connection (as the driver would write it).
+    async fn live(&mut self) -> ServerFrame {
+        let item = tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
+            .await
+            .expect("a live frame in time")
+            .expect("queue open");
+        match item {
+            Outbound::Frame { text, mark } => {
+                if let Some(mark) = mark {
+                    self.session.on_delivered(&mark);
+                }
+                ServerFrame::decode(text.as_str()).expect("server frame")
+            }
+            Outbound::Left(room) => panic!("unexpected Left({room})"),
+        }
+    }
+}
+
+fn login(room: &str, user: &str) -> String {
+    format!(r#"{{"event":"login","roomId":"{room}","userId":"{user}","userName":"{user}"}}"#)
+}
+
+#[tokio::test]
+async fn login_post_and_notices_without_a_socket() {
+    let h = Harness::new();
+    let mut a = h.connect();
+    let mut b = h.connect();
+
+    a.send(&login("r", "ann")).await;
+    let replies = a.replies();
+    let ServerFrame::Joined(joined) = &replies[0] else {
+        panic!("{replies:?}")
+    };
+    assert_eq!((joined.num, joined.total, joined.seq), (1, 1, 0));
+    assert!(matches!(a.live().await, ServerFrame::Login(n) if n.user_id.as_str() == "ann"));
+
+    b.send(&login("r", "bob")).await;
+    let ServerFrame::Login(notice) = a.live().await else {
+        panic!("login notice")
+    };
+    assert_eq!(
+        (notice.user_id.as_str(), notice.num, notice.total),
+        ("bob", 2, 2)
+    );
+    assert!(matches!(b.live().await, ServerFrame::Login(_)));
+
+    a.send(r#"{"event":"message","roomId":"r","content":"hello","clientMsgId":"c1"}"#)
+        .await;
+    let replies = a.replies();
+    let ServerFrame::Sent(sent) = &replies[0] else {
+        panic!("{replies:?}")
+    };
+    assert_eq!((sent.seq, sent.client_msg_id.as_deref()), (1, Some("c1")));
+    for conn in [&mut a, &mut b] {
+        let ServerFrame::Message(m) = conn.live().await else {
+            panic!("message")
+        };
+        assert_eq!(
+            (m.seq, m.content.as_str(), m.user_id.as_str()),
+            (1, "hello", "ann")
+        );
+    }
+
+    b.session.finish().await;
+    let ServerFrame::Logout(gone) = a.live().await else {
+        panic!("logout notice")
+    };
+    assert_eq!(
+        (gone.user_id.as_str(), gone.num, gone.total, gone.reason),
+        ("bob", 1, 2, Some(LogoutReason::Offline))
+    );
+}
+
+#[tokio::test]
+async fn a_returning_member_gets_what_it_missed_then_live_traffic() {
+    let h = Harness::new();
+    let mut a = h.connect();
+    let mut b = h.connect();
+    a.send(&login("r", "ann")).await;
+    b.send(&login("r", "bob")).await;
+    a.replies();
+    b.replies();
+    a.send(r#"{"event":"message","roomId":"r","content":"seen"}"#)
+        .await;
+    // Bob's driver writes seq 1, so his cursor moves there when he disconnects.
+    while !matches!(b.live().await, ServerFrame::Message(_)) {}
+    b.session.finish().await;
+
+    for text in ["m2", "m3"] {
+        a.send(&format!(
+            r#"{{"event":"message","roomId":"r","content":"{text}"}}"#
+        ))
+        .await;
+    }
+    // Let the hub deliver them here first, so they are in the past when Bob comes back.
+    loop {
+        if let ServerFrame::Message(m) = a.live().await
+            && m.seq == 3
+        {
+            break;
+        }
+    }
+    let mut b2 = h.connect();
+    b2.send(&login("r", "bob")).await;
+    let replies = b2.replies();
+    let ServerFrame::Joined(joined) = &replies[0] else {
+        panic!("{replies:?}")
+    };
+    assert_eq!((joined.seq, joined.replayed), (3, 2));
+    let replayed: Vec<(u64, String, bool)> = replies[1..]
+        .iter()
+        .map(|f| match f {
+            ServerFrame::Message(m) => (m.seq, m.content.clone(), m.replay),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        replayed,
+        vec![(2, "m2".to_owned(), true), (3, "m3".to_owned(), true)]
+    );
+
+    a.send(r#"{"event":"message","roomId":"r","content":"live"}"#)
+        .await;
+    loop {
+        if let ServerFrame::Message(m) = b2.live().await {
+            assert_eq!(
+                (m.seq, m.replay),
+                (4, false),
+                "live traffic continues right after the replay"
+            );
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_frames_get_errors_and_change_nothing() {
+    let h = Harness::new();
+    let mut a = h.connect();
+    for (text, code) in [
+        ("{", ErrorCode::BadJson),
+        (r#"{"event":"fly"}"#, ErrorCode::UnknownEvent),
+        (
+            r#"{"event":"message","roomId":"r","content":"x","clientMsgId":"k"}"#,
+            ErrorCode::NotJoined,
+        ),
+        (
+            r#"{"event":"message","toUserId":"bob","content":"x"}"#,
+            ErrorCode::NotJoined,
+        ),
+        (
+            r#"{"event":"ack","roomId":"r","seq":1}"#,
+            ErrorCode::NotJoined,
+        ),
+        (r#"{"event":"logout","roomId":"r"}"#, ErrorCode::NotJoined),
+    ] {
+        a.send(text).await;
+        let replies = a.replies();
+        let [ServerFrame::Error(e)] = replies.as_slice() else {
+            panic!("{text}: {replies:?}")
+        };
+        assert_eq!(e.code, code, "{text}");
+    }
+    a.session.on_binary();
+    assert!(
+        matches!(a.replies().as_slice(), [ServerFrame::Error(e)] if e.code == ErrorCode::BinaryFrame)
+    );
+
+    a.send(&login("r", "ann")).await;
+    a.replies();
+    a.send(&login("r2", "mallory")).await;
+    assert!(
+        matches!(a.replies().as_slice(), [ServerFrame::Error(e)] if e.code == ErrorCode::UserMismatch)
+    );
+    let rooms = h.node.store.rooms().await.expect("rooms");
+    assert_eq!(rooms.len(), 1, "the refused login created nothing");
+}
