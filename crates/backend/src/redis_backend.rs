@@ -18,5 +18,7 @@ pub struct RedisConfig {
 
 /// Not implemented yet.
 pub async fn open(_config: RedisConfig) -> Result<Backend> {
-    Err(BackendError::Unavailable("the redis backend is not built yet".into()))
+    Err(BackendError::Unavailable(
+        "the redis backend is not built yet".into(),
+    ))
 }
