@@ -156,11 +156,18 @@ fn message_from(draft: &Draft, room: Option<&RoomId>, to: Option<&UserId>, ts: u
 
 impl Shared {
     /// Queues a broker event if its channel is subscribed. Called with the state lock held so events
-    /// leave in the order their seqs were assigned.
-    async fn emit(&self, state: &State, channel: &Channel, event: BrokerEvent) {
-        if state.subscribed.contains(channel) {
-            // A closed receiver means the node is shutting down; the message is stored regardless.
-            let _ = self.events.send(event).await;
+    /// leave in the order their seqs were assigned. It never waits for queue space: the consumer
+    /// (the hub) takes the same lock to read logs, so waiting here could deadlock. An event that
+    /// does not fit is dropped, exactly like a message Redis pub/sub loses, and recovered the same
+    /// way: the hub sees the gap (or the periodic head check does) and reads the log.
+    fn emit(&self, state: &State, channel: &Channel, event: BrokerEvent) {
+        if state.subscribed.contains(channel)
+            && let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(event)
+        {
+            tracing::warn!(
+                ?channel,
+                "broker event queue full: the hub will recover the message from the log"
+            );
         }
     }
 }
@@ -257,8 +264,7 @@ impl Store for Shared {
                 message: stored,
                 frame,
             },
-        )
-        .await;
+        );
         Ok(posted)
     }
 
@@ -290,10 +296,11 @@ impl Store for Shared {
                     message: stored,
                     frame,
                 },
-            )
-            .await;
+            );
         }
-        let recipient = posted[0].clone();
+        let Some(recipient) = posted.first().cloned() else {
+            return Err(crate::BackendError::Corrupt("no inbox was written".into()));
+        };
         let sender = posted.get(1).cloned().unwrap_or_else(|| recipient.clone());
         Ok(DirectPosted { sender, recipient })
     }
@@ -436,8 +443,7 @@ impl Broker for Shared {
                 notice: notice.clone(),
                 frame,
             },
-        )
-        .await;
+        );
         Ok(())
     }
 }

@@ -473,7 +473,7 @@ impl Hub {
     }
 
     /// Applies one broker event.
-    pub async fn apply(&self, event: BrokerEvent) {
+    pub async fn apply(self: &Arc<Self>, event: BrokerEvent) {
         match event {
             BrokerEvent::Message {
                 stream,
@@ -484,7 +484,11 @@ impl Hub {
                     self.sync_stream(&stream).await;
                 }
             }
-            BrokerEvent::Notice { notice, frame } => self.on_notice(&notice, frame),
+            BrokerEvent::Notice { notice, frame } => {
+                if self.on_notice(&notice, frame) {
+                    self.schedule_unsubscribe(StreamKey::Room(notice.room_id().clone()));
+                }
+            }
             BrokerEvent::Resubscribed => {
                 tracing::info!("broker resubscribed: checking every stream for lost messages");
                 {
@@ -530,11 +534,13 @@ impl Hub {
         stream.needs_sync
     }
 
-    fn on_notice(&self, notice: &Notice, frame: String) {
+    /// Delivers a presence notice. Returns true when it emptied the stream (its last local
+    /// members left the room).
+    fn on_notice(&self, notice: &Notice, frame: String) -> bool {
         let key = StreamKey::Room(notice.room_id().clone());
         let mut state = self.lock();
         let Some(stream) = state.streams.get_mut(&key) else {
-            return;
+            return false;
         };
         stream.broadcast(&Utf8Bytes::from(frame), None);
         if let Notice::Logout(n) = notice
@@ -553,7 +559,9 @@ impl Hub {
                 }
                 stream.remove(id);
             }
+            return stream.conns.is_empty();
         }
+        false
     }
 
     /// Syncs streams that need it (or all, when `all`).
