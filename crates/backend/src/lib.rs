@@ -26,8 +26,8 @@ pub use types::*;
 /// What a backend call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// The backend cannot be reached right now (Redis down, timeout, pool exhausted). Retriable:
-    /// nothing was stored.
+    /// The backend cannot be reached right now (Redis down, timeout, pool exhausted). Retriable.
+    /// A refused call stored nothing; a call that timed out may still have taken effect.
     #[error("backend unavailable: {0}")]
     Unavailable(String),
     /// The backend answered with data this version cannot read (a corrupted or foreign key).

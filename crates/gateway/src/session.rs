@@ -74,7 +74,7 @@ fn unavailable(e: BackendError) -> ProtocolError {
     match e {
         BackendError::Unavailable(_) => ProtocolError::new(
             ErrorCode::Unavailable,
-            "the chat backend is unavailable; nothing was stored, send it again later",
+            "the chat backend is unavailable; send it again later",
         ),
         BackendError::Corrupt(detail) => {
             tracing::error!(%detail, "backend returned unreadable data");

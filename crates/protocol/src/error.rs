@@ -28,7 +28,9 @@ pub enum ErrorCode {
     UserMismatch,
     /// The connection joined too many rooms (`limits.max_rooms_per_connection`).
     TooManyRooms,
-    /// The backend (Redis) is unreachable. Retry the same frame later: nothing was stored.
+    /// The backend (Redis) did not confirm the operation. Retry the same frame later, with the
+    /// same `clientMsgId`: a post that timed out (rather than being refused) may still have
+    /// been stored, and then shows up in the room with that `clientMsgId`.
     Unavailable,
     /// An unexpected server error. Nothing was stored.
     Internal,

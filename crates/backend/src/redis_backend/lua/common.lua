@@ -1,0 +1,82 @@
+-- Helpers shared by every script of the chat backend; the Rust side prepends this file to each
+-- script (see scripts.rs), so a script is one self-contained EVALSHA body.
+--
+-- All times are Redis server time (TIME) in milliseconds: presence expiries written by one node
+-- are compared by another, so they must come from one clock, not from each node's own.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Integer to decimal text. Plain `..` on a Lua number may produce "1.7e+12".
+local function int(n)
+  return string.format('%d', n)
+end
+
+local function corrupt(message)
+  error({err = 'CORRUPT ' .. message})
+end
+
+-- Redis does not roll a script back when a command fails halfway, so every script first checks
+-- the keys it will touch and only then writes: damaged data fails the whole call (CORRUPT or
+-- WRONGTYPE) without leaving half an update behind.
+local function check_type(key, want)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= want then
+    corrupt(key .. ' is a ' .. tostring(found) .. ', expected a ' .. want)
+  end
+end
+
+local function valid_epoch(epoch)
+  return type(epoch) == 'string' and #epoch <= 64 and string.match(epoch, '^[%w_%-]+$') ~= nil
+end
+
+-- A log's meta HASH (and its ZSET when given) must be readable before anything is appended.
+local function check_log(meta, log)
+  check_type(meta, 'hash')
+  if log then
+    check_type(log, 'zset')
+  end
+  local seq = redis.call('HGET', meta, 'seq')
+  if seq and not string.match(seq, '^%d+$') then
+    corrupt('the seq in ' .. meta .. ' is not a number')
+  end
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if epoch and not valid_epoch(epoch) then
+    corrupt('the epoch in ' .. meta .. ' is not a plain id')
+  end
+end
+
+-- The log's epoch, created from `candidate` when the log has none yet (first post, first head,
+-- first join, or after the data was lost). The stored value is spliced raw into message JSON,
+-- so anything but a plain id is refused rather than trusted.
+local function ensure_epoch(meta, candidate)
+  redis.call('HSETNX', meta, 'epoch', candidate)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not valid_epoch(epoch) then
+    corrupt('the epoch in ' .. meta .. ' is not a plain id')
+  end
+  return epoch
+end
+
+-- Appends one message to a log (room or inbox): next seq, stored frame, trim. `body` is the
+-- message's wire JSON object without event/seq/epoch/ts; the frame is spliced in front of it so
+-- the stored member is byte for byte the frame clients receive.
+local function append(meta, log, candidate, body, ts, cap)
+  if string.sub(body, 1, 1) ~= '{' then
+    corrupt('message body is not a JSON object')
+  end
+  local epoch = ensure_epoch(meta, candidate)
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  local frame = '{"event":"message","seq":' .. int(seq) .. ',"epoch":"' .. epoch ..
+    '","ts":' .. int(ts) .. ',' .. string.sub(body, 2)
+  redis.call('ZADD', log, seq, frame)
+  redis.call('ZREMRANGEBYRANK', log, 0, -(cap + 1))
+  return seq, epoch, frame
+end
+
+-- Distinct users online (presence expiry still in the future) and members of a room.
+local function counts(online, members, now)
+  return redis.call('ZCOUNT', online, '(' .. int(now), '+inf'), redis.call('SCARD', members)
+end

@@ -1,0 +1,230 @@
+//! The Redis backend: the [`Store`](crate::Store) and [`Broker`](crate::Broker) contracts of the
+//! in-memory backend, shared by every gateway node through one Redis.
+//!
+//! - Multi-key updates (post, join, presence changes, cursor moves) are Lua scripts
+//!   (`scripts.rs`, `lua/*.lua`), so each is atomic, and a post's seq assignment and its PUBLISH
+//!   happen in one step: every subscriber sees one order per room.
+//! - Commands go through a [`deadpool_redis`] pool; the broker has one dedicated pub/sub
+//!   connection (`broker.rs`) that reconnects and resubscribes on its own.
+//! - Every call is bounded by `command_timeout_ms`: while Redis is down calls fail fast with
+//!   [`BackendError::Unavailable`] and recover by themselves when it is back, without reopening
+//!   the backend.
+//!
+//! The key layout is in `keys.rs` and, with `redis-cli` examples, in `docs/redis.md`.
+
+mod broker;
+mod keys;
+mod reply;
+mod scripts;
+mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::{Manager, Pool, Runtime};
+use redis::{AsyncConnectionConfig, Value};
+use tokio::sync::mpsc;
+
+use crate::{Backend, BackendError, EVENT_QUEUE, Result};
+
+use self::keys::Keys;
+use self::reply::map_error;
+use self::scripts::Scripts;
+
+/// Settings of the Redis backend.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` when TLS is compiled in).
+    pub url: String,
+    /// Prefix of every key and channel, default `chat:`; lets several clusters share one Redis.
+    pub prefix: String,
+    /// This node's id, unique in the cluster (it tags this node's presence entries). Must not
+    /// contain `|`.
+    pub node_id: String,
+    /// Presence entries expire this long after the node's last refresh; a dead node's users are
+    /// reaped after it. Default 15.
+    pub presence_ttl_secs: u64,
+    /// Messages kept per room log and per direct-message inbox. Default 1000.
+    pub history_per_room: usize,
+    /// How long a user's read cursors (their offline position in each room) survive without any
+    /// activity. Default 7 days.
+    pub cursor_ttl_secs: u64,
+    /// Connections in the command pool. Default 16.
+    pub pool_size: usize,
+    /// Upper bound of every backend call, in milliseconds. Default 1000.
+    pub command_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/".to_owned(),
+            prefix: "chat:".to_owned(),
+            node_id: format!("node-{:08x}", rand::random::<u32>()),
+            presence_ttl_secs: 15,
+            history_per_room: 1000,
+            cursor_ttl_secs: 7 * 24 * 3600,
+            pool_size: 16,
+            command_timeout_ms: 1000,
+        }
+    }
+}
+
+impl RedisConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |why: &str| {
+            Err(BackendError::Unavailable(format!(
+                "invalid Redis config: {why}"
+            )))
+        };
+        if self.node_id.is_empty()
+            || self.node_id.len() > 128
+            || self.node_id.contains('|')
+            || self
+                .node_id
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return bad(
+                "node_id must be 1-128 characters without `|`, spaces or control characters",
+            );
+        }
+        if self.prefix.chars().any(char::is_control) {
+            return bad("prefix must not contain control characters");
+        }
+        if self.presence_ttl_secs == 0 {
+            return bad("presence_ttl_secs must be at least 1");
+        }
+        if self.cursor_ttl_secs == 0 {
+            return bad("cursor_ttl_secs must be at least 1");
+        }
+        if self.command_timeout_ms == 0 {
+            return bad("command_timeout_ms must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Opens the Redis backend: builds the command pool, checks Redis answers, loads the scripts and
+/// opens the pub/sub connection.
+///
+/// Fails with [`BackendError::Unavailable`] when Redis cannot be reached now (the caller retries);
+/// once open, the backend survives any later outage on its own.
+pub async fn open(config: RedisConfig) -> Result<Backend> {
+    config.validate()?;
+    let timeout = Duration::from_millis(config.command_timeout_ms);
+    let client = redis::Client::open(config.url.as_str())
+        .map_err(|e| BackendError::Unavailable(format!("invalid Redis URL: {e}")))?;
+    let connection_config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let manager = Manager::new_with_config(config.url.as_str(), connection_config)
+        .map_err(|e| BackendError::Unavailable(format!("invalid Redis URL: {e}")))?;
+    let pool = Pool::builder(manager)
+        .max_size(config.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .build()
+        .map_err(|e| BackendError::Unavailable(format!("cannot build the Redis pool: {e}")))?;
+    let redis = Redis { pool, timeout };
+    let scripts = Scripts::new();
+    redis
+        .timed("load scripts", async {
+            let mut conn = redis.conn().await?;
+            for script in scripts.all() {
+                script
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| map_error("load scripts", &e))?;
+            }
+            Ok(())
+        })
+        .await?;
+
+    let keys = Keys::new(&config.prefix);
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let broker = broker::RedisBroker::start(client, redis.clone(), keys.clone(), tx).await?;
+    let store = store::RedisStore::new(redis, keys, scripts, &config);
+    tracing::info!(node = %config.node_id, prefix = %config.prefix, "redis backend open");
+    Ok(Backend {
+        store: Arc::new(store),
+        broker: Arc::new(broker),
+        events: rx,
+        kind: "redis",
+    })
+}
+
+/// The command pool with the per-call time bound.
+#[derive(Clone)]
+pub(crate) struct Redis {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl Redis {
+    /// Runs `fut` (which may take a pooled connection and send several commands) within the
+    /// command timeout; past it the call is `Unavailable`. A command that timed out may still
+    /// have run on the server: the caller cannot know, which is why posts carry `clientMsgId`.
+    pub(crate) async fn timed<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::Unavailable(format!(
+                "{what}: no answer from Redis within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// A pooled connection (checked with a PING by the pool, replaced if broken).
+    pub(crate) async fn conn(&self) -> Result<deadpool_redis::Connection> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("no Redis connection: {e}")))
+    }
+
+    /// One command.
+    pub(crate) async fn query(&self, what: &str, cmd: &redis::Cmd) -> Result<Value> {
+        self.timed(what, async {
+            let mut conn = self.conn().await?;
+            cmd.query_async::<Value>(&mut conn)
+                .await
+                .map_err(|e| map_error(what, &e))
+        })
+        .await
+    }
+
+    /// A pipeline (or MULTI/EXEC block); one reply per command that is not ignored.
+    pub(crate) async fn pipeline(&self, what: &str, pipe: &redis::Pipeline) -> Result<Vec<Value>> {
+        self.timed(what, async {
+            let mut conn = self.conn().await?;
+            pipe.query_async::<Vec<Value>>(&mut conn)
+                .await
+                .map_err(|e| map_error(what, &e))
+        })
+        .await
+    }
+
+    /// A script (EVALSHA, loading it on NOSCRIPT).
+    pub(crate) async fn script(
+        &self,
+        what: &str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Value> {
+        self.timed(what, async {
+            let mut conn = self.conn().await?;
+            invocation
+                .invoke_async::<Value>(&mut conn)
+                .await
+                .map_err(|e| map_error(what, &e))
+        })
+        .await
+    }
+}

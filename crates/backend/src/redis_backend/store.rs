@@ -1,0 +1,570 @@
+//! [`Store`] on Redis: membership, presence, logs and cursors (layout in [`super::keys`]).
+//!
+//! Anything that touches more than one key, or must read and write without a race, is one Lua
+//! script ([`super::scripts`]); plain reads are single commands or pipelines. Log entries are
+//! stored as their exact wire frame (`{"event":"message",...}`), so a replay is the stored text
+//! and live delivery is the published text: the two can never differ.
+
+use async_trait::async_trait;
+use chat_protocol::{ChatMessage, RoomId, ServerFrame, UserId};
+use redis::Value;
+use serde::Serialize;
+
+use super::Redis;
+use super::RedisConfig;
+use super::keys::Keys;
+use super::reply::{self, array, next};
+use super::scripts::Scripts;
+use crate::memory::new_epoch;
+use crate::{
+    BackendError, Counts, DirectPosted, Draft, Head, JoinOutcome, JoinRequest, LeaveOutcome,
+    Posted, Reaped, Result, RoomSummary, Store, StreamKey,
+};
+
+/// Entries per `refresh_presence` script call: keeps each script short, so one node's refresh
+/// never blocks Redis (single-threaded) for long, however many connections the node holds.
+const REFRESH_CHUNK: usize = 256;
+
+/// Seqs and scores are doubles inside Redis; above 2^53 they are not exact, so such bounds are
+/// sent as `+inf` (no real log gets anywhere near).
+const MAX_EXACT_SCORE: u64 = 1 << 53;
+
+/// The Redis store.
+pub(crate) struct RedisStore {
+    redis: Redis,
+    keys: Keys,
+    scripts: Scripts,
+    node_id: String,
+    presence_ttl_ms: u64,
+    history_cap: usize,
+    cursor_ttl_secs: u64,
+}
+
+impl RedisStore {
+    pub(crate) fn new(redis: Redis, keys: Keys, scripts: Scripts, config: &RedisConfig) -> Self {
+        RedisStore {
+            redis,
+            keys,
+            scripts,
+            node_id: config.node_id.clone(),
+            presence_ttl_ms: config.presence_ttl_secs.saturating_mul(1000),
+            history_cap: config.history_per_room.max(1),
+            cursor_ttl_secs: config.cursor_ttl_secs,
+        }
+    }
+}
+
+/// The part of a message frame Rust builds: everything but `event`, `seq`, `epoch` and `ts`,
+/// which only the post script knows. Same field names as [`ChatMessage`].
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Body<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room_id: Option<&'a RoomId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to_user_id: Option<&'a UserId>,
+    user_id: &'a UserId,
+    user_name: &'a str,
+    content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_msg_id: Option<&'a str>,
+}
+
+/// The body JSON object spliced into the stored frame by the post scripts.
+pub(crate) fn body_json(
+    draft: &Draft,
+    room: Option<&RoomId>,
+    to: Option<&UserId>,
+) -> Result<String> {
+    serde_json::to_string(&Body {
+        room_id: room,
+        to_user_id: to,
+        user_id: &draft.user_id,
+        user_name: &draft.user_name,
+        content: &draft.content,
+        client_msg_id: draft.client_msg_id.as_deref(),
+    })
+    .map_err(|e| BackendError::Corrupt(format!("cannot encode the message: {e}")))
+}
+
+/// Decodes stored frames of a log, skipping (with a warning) anything that is not a message
+/// frame: one planted or damaged entry must not make a whole room's history unreadable.
+fn decode_log(what: &str, members: Vec<Value>) -> Vec<ChatMessage> {
+    members
+        .into_iter()
+        .filter_map(|member| {
+            let text = match reply::string(what, member) {
+                Ok(text) => text,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping an unreadable log entry");
+                    return None;
+                }
+            };
+            match ServerFrame::decode(&text) {
+                Ok(ServerFrame::Message(message)) => Some(message),
+                Ok(_) | Err(_) => {
+                    tracing::warn!(
+                        what,
+                        entry = %text.chars().take(200).collect::<String>(),
+                        "skipping a log entry that is not a message frame"
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+fn counts(what: &str, num: &Value, total: &Value) -> Result<Counts> {
+    Ok(Counts {
+        num: reply::uint(what, num)?,
+        total: reply::uint(what, total)?,
+    })
+}
+
+fn flag(what: &str, value: &Value) -> Result<bool> {
+    Ok(reply::int(what, value)? != 0)
+}
+
+fn parse_cursor(what: &str, value: Value) -> Result<Option<u64>> {
+    match reply::opt_string(what, value)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => s
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| BackendError::Corrupt(format!("{what}: cursor {s:?} is not a seq"))),
+    }
+}
+
+fn posted(what: &str, seq: &Value, epoch: Value, ts: &Value) -> Result<Posted> {
+    Ok(Posted {
+        seq: reply::uint(what, seq)?,
+        epoch: reply::epoch(what, epoch)?,
+        ts: reply::uint(what, ts)?,
+    })
+}
+
+/// A score bound for ZRANGEBYSCORE.
+fn score(seq: u64) -> String {
+    if seq >= MAX_EXACT_SCORE {
+        "+inf".to_owned()
+    } else {
+        seq.to_string()
+    }
+}
+
+/// Redis time in ms from a TIME reply.
+fn time_ms(value: Value) -> Result<u64> {
+    let parts = array("TIME", value)?;
+    let [secs, micros] = parts.as_slice() else {
+        return Err(BackendError::Corrupt("TIME: unexpected reply".to_owned()));
+    };
+    let secs = reply::uint("TIME", secs)?;
+    let micros = reply::uint("TIME", micros)?;
+    Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn join(&self, req: &JoinRequest<'_>) -> Result<JoinOutcome> {
+        const W: &str = "join";
+        let stream = StreamKey::Room(req.room.clone());
+        let mut inv = self.scripts.join.prepare_invoke();
+        inv.key(self.keys.room_meta(req.room))
+            .key(self.keys.room_members(req.room))
+            .key(self.keys.room_names(req.room))
+            .key(self.keys.room_online(req.room))
+            .key(self.keys.room_conns(req.room))
+            .key(self.keys.rooms())
+            .key(self.keys.cursors(req.user))
+            .key(self.keys.nodes())
+            .arg(req.user.as_str())
+            .arg(req.user_name)
+            .arg(req.room_name.unwrap_or(""))
+            .arg(req.room.as_str())
+            .arg(new_epoch())
+            .arg(&self.node_id)
+            .arg(self.presence_ttl_ms)
+            .arg(Keys::cursor_field(&stream))
+            .arg(self.cursor_ttl_secs);
+        let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+        let room_name = reply::string(W, next(W, &mut it)?)?;
+        let epoch = reply::epoch(W, next(W, &mut it)?)?;
+        let seq = reply::seq_field(W, next(W, &mut it)?)?;
+        let counts = counts(W, &next(W, &mut it)?, &next(W, &mut it)?)?;
+        let came_online = flag(W, &next(W, &mut it)?)?;
+        let new_member = flag(W, &next(W, &mut it)?)?;
+        let cursor = parse_cursor(W, next(W, &mut it)?)?;
+        Ok(JoinOutcome {
+            room_name,
+            head: Head { epoch, seq },
+            counts,
+            came_online,
+            new_member,
+            cursor,
+        })
+    }
+
+    async fn go_offline(&self, room: &RoomId, user: &UserId) -> Result<LeaveOutcome> {
+        const W: &str = "go_offline";
+        let mut inv = self.scripts.go_offline.prepare_invoke();
+        inv.key(self.keys.room_online(room))
+            .key(self.keys.room_conns(room))
+            .key(self.keys.nodes())
+            .key(self.keys.room_members(room))
+            .arg(user.as_str())
+            .arg(&self.node_id);
+        let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+        let went_offline = flag(W, &next(W, &mut it)?)?;
+        let counts = counts(W, &next(W, &mut it)?, &next(W, &mut it)?)?;
+        Ok(LeaveOutcome {
+            went_offline,
+            counts,
+        })
+    }
+
+    async fn leave(&self, room: &RoomId, user: &UserId) -> Result<Counts> {
+        const W: &str = "leave";
+        let mut inv = self.scripts.leave.prepare_invoke();
+        inv.key(self.keys.room_members(room))
+            .key(self.keys.room_names(room))
+            .key(self.keys.room_online(room))
+            .key(self.keys.room_conns(room))
+            .key(self.keys.cursors(user))
+            .key(self.keys.nodes())
+            .arg(user.as_str())
+            .arg(Keys::cursor_field(&StreamKey::Room(room.clone())));
+        let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+        counts(W, &next(W, &mut it)?, &next(W, &mut it)?)
+    }
+
+    async fn refresh_presence(&self, entries: &[(RoomId, UserId)]) -> Result<()> {
+        const W: &str = "refresh_presence";
+        // An empty refresh still marks the node alive.
+        let chunks: Vec<&[(RoomId, UserId)]> = if entries.is_empty() {
+            vec![entries]
+        } else {
+            entries.chunks(REFRESH_CHUNK).collect()
+        };
+        for chunk in chunks {
+            let mut inv = self.scripts.refresh.prepare_invoke();
+            inv.key(self.keys.nodes())
+                .key(self.keys.rooms())
+                .arg(&self.node_id)
+                .arg(self.presence_ttl_ms);
+            for (room, user) in chunk {
+                inv.key(self.keys.room_conns(room))
+                    .key(self.keys.room_online(room))
+                    .key(self.keys.room_members(room))
+                    .arg(user.as_str())
+                    .arg(room.as_str());
+            }
+            reply::int(W, &self.redis.script(W, &inv).await?)?;
+        }
+        Ok(())
+    }
+
+    async fn reap_presence(&self, room: &RoomId) -> Result<Vec<Reaped>> {
+        const W: &str = "reap_presence";
+        let mut inv = self.scripts.reap.prepare_invoke();
+        inv.key(self.keys.room_online(room))
+            .key(self.keys.room_conns(room))
+            .key(self.keys.room_names(room))
+            .key(self.keys.room_members(room));
+        let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+        let counts = counts(W, &next(W, &mut it)?, &next(W, &mut it)?)?;
+        let mut reaped = Vec::new();
+        while let Some(user) = it.next() {
+            let user = reply::string(W, user)?;
+            let user_name = reply::string(W, next(W, &mut it)?)?;
+            match UserId::new(user.as_str()) {
+                Ok(user) => reaped.push(Reaped {
+                    user,
+                    user_name,
+                    counts,
+                }),
+                Err(e) => tracing::warn!(%room, %user, error = %e, "reaped an invalid user id"),
+            }
+        }
+        Ok(reaped)
+    }
+
+    async fn post(&self, room: &RoomId, draft: &Draft) -> Result<Posted> {
+        const W: &str = "post";
+        let body = body_json(draft, Some(room), None)?;
+        let stream = StreamKey::Room(room.clone());
+        let mut inv = self.scripts.post.prepare_invoke();
+        inv.key(self.keys.room_meta(room))
+            .key(self.keys.room_log(room))
+            .key(self.keys.rooms())
+            .arg(new_epoch())
+            .arg(body)
+            .arg(self.history_cap)
+            .arg(self.keys.channel(&stream))
+            .arg(room.as_str());
+        let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+        let seq = next(W, &mut it)?;
+        let epoch = next(W, &mut it)?;
+        let ts = next(W, &mut it)?;
+        posted(W, &seq, epoch, &ts)
+    }
+
+    async fn post_direct(&self, to: &UserId, draft: &Draft) -> Result<DirectPosted> {
+        const W: &str = "post_direct";
+        let body = body_json(draft, None, Some(to))?;
+        let from = &draft.user_id;
+        let mut inv = self.scripts.post_direct.prepare_invoke();
+        inv.key(self.keys.inbox_meta(to))
+            .key(self.keys.inbox_log(to));
+        if from != to {
+            inv.key(self.keys.inbox_meta(from))
+                .key(self.keys.inbox_log(from));
+        }
+        inv.arg(new_epoch())
+            .arg(new_epoch())
+            .arg(body)
+            .arg(self.history_cap)
+            .arg(self.keys.channel(&StreamKey::Inbox(to.clone())))
+            .arg(self.keys.channel(&StreamKey::Inbox(from.clone())));
+        let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+        let (rseq, repoch) = (next(W, &mut it)?, next(W, &mut it)?);
+        let (sseq, sepoch) = (next(W, &mut it)?, next(W, &mut it)?);
+        let ts = next(W, &mut it)?;
+        Ok(DirectPosted {
+            recipient: posted(W, &rseq, repoch, &ts)?,
+            sender: posted(W, &sseq, sepoch, &ts)?,
+        })
+    }
+
+    async fn head(&self, stream: &StreamKey) -> Result<Head> {
+        const W: &str = "head";
+        let mut inv = self.scripts.head.prepare_invoke();
+        inv.key(self.keys.meta(stream)).arg(new_epoch());
+        if let StreamKey::Room(room) = stream {
+            // Like the in-memory backend, a room exists (and is listed) from its first use.
+            inv.key(self.keys.rooms()).arg(room.as_str());
+        }
+        let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+        let epoch = reply::epoch(W, next(W, &mut it)?)?;
+        let seq = reply::seq_field(W, next(W, &mut it)?)?;
+        Ok(Head { epoch, seq })
+    }
+
+    async fn range(
+        &self,
+        stream: &StreamKey,
+        after: u64,
+        through: u64,
+        max: usize,
+        min_ts: u64,
+    ) -> Result<Vec<ChatMessage>> {
+        const W: &str = "range";
+        if max == 0 || through <= after {
+            return Ok(Vec::new());
+        }
+        // Newest `max` of the window, read newest first and turned around.
+        let mut cmd = redis::cmd("ZREVRANGEBYSCORE");
+        cmd.arg(self.keys.log(stream))
+            .arg(score(through))
+            .arg(format!("({}", score(after)))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(i64::try_from(max).unwrap_or(i64::MAX));
+        let mut members = array(W, self.redis.query(W, &cmd).await?)?;
+        members.reverse();
+        Ok(decode_log(W, members)
+            .into_iter()
+            .filter(|m| m.seq > after && m.seq <= through && m.ts >= min_ts)
+            .collect())
+    }
+
+    async fn history(
+        &self,
+        room: &RoomId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<(String, Vec<ChatMessage>)> {
+        const W: &str = "history";
+        let through = before.map(|b| b.saturating_sub(1));
+        let mut pipe = redis::pipe();
+        pipe.atomic().hget(self.keys.room_meta(room), "epoch");
+        let read_log = limit > 0 && through != Some(0);
+        if read_log {
+            pipe.cmd("ZREVRANGEBYSCORE")
+                .arg(self.keys.room_log(room))
+                .arg(through.map_or_else(|| "+inf".to_owned(), score))
+                .arg("-inf")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit);
+        }
+        let mut it = self.redis.pipeline(W, &pipe).await?.into_iter();
+        let epoch = match next(W, &mut it)? {
+            Value::Nil => String::new(),
+            value => reply::epoch(W, value)?,
+        };
+        if !read_log {
+            return Ok((epoch, Vec::new()));
+        }
+        let mut members = array(W, next(W, &mut it)?)?;
+        members.reverse();
+        let messages = decode_log(W, members)
+            .into_iter()
+            .filter(|m| through.is_none_or(|t| m.seq <= t))
+            .collect();
+        Ok((epoch, messages))
+    }
+
+    async fn cursor(&self, user: &UserId, stream: &StreamKey) -> Result<Option<u64>> {
+        const W: &str = "cursor";
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(self.keys.cursors(user))
+            .arg(Keys::cursor_field(stream));
+        parse_cursor(W, self.redis.query(W, &cmd).await?)
+    }
+
+    async fn advance_cursor(&self, user: &UserId, stream: &StreamKey, seq: u64) -> Result<()> {
+        const W: &str = "advance_cursor";
+        let mut inv = self.scripts.advance_cursor.prepare_invoke();
+        inv.key(self.keys.cursors(user));
+        if let StreamKey::Room(room) = stream {
+            inv.key(self.keys.room_members(room));
+        }
+        inv.arg(Keys::cursor_field(stream))
+            .arg(seq)
+            .arg(self.cursor_ttl_secs)
+            .arg(user.as_str());
+        reply::int(W, &self.redis.script(W, &inv).await?)?;
+        Ok(())
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomSummary>> {
+        const W: &str = "rooms";
+        let mut pipe = redis::pipe();
+        pipe.smembers(self.keys.rooms()).cmd("TIME");
+        let mut it = self.redis.pipeline(W, &pipe).await?.into_iter();
+        let ids = array(W, next(W, &mut it)?)?;
+        let now = time_ms(next(W, &mut it)?)?;
+        let mut rooms: Vec<RoomId> = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id = reply::string(W, id)?;
+            match RoomId::new(id.as_str()) {
+                Ok(room) => rooms.push(room),
+                Err(e) => tracing::warn!(room = %id, error = %e, "skipping an invalid room id"),
+            }
+        }
+        rooms.sort();
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One round trip for every room; a damaged room is skipped, not fatal to the list.
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for room in &rooms {
+            pipe.cmd("HMGET")
+                .arg(self.keys.room_meta(room))
+                .arg("name")
+                .arg("epoch")
+                .arg("seq")
+                .cmd("ZCOUNT")
+                .arg(self.keys.room_online(room))
+                .arg(format!("({now}"))
+                .arg("+inf")
+                .scard(self.keys.room_members(room));
+        }
+        let mut it = self.redis.pipeline(W, &pipe).await?.into_iter();
+        let mut out = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            let (meta, num, total) = (next(W, &mut it)?, next(W, &mut it)?, next(W, &mut it)?);
+            let summary = (|| -> Result<RoomSummary> {
+                let mut meta = array(W, meta)?.into_iter();
+                let name = reply::opt_string(W, next(W, &mut meta)?)?;
+                let epoch = match next(W, &mut meta)? {
+                    Value::Nil => String::new(),
+                    value => reply::epoch(W, value)?,
+                };
+                let seq = reply::seq_field(W, next(W, &mut meta)?)?;
+                let counts = counts(W, &num, &total)?;
+                Ok(RoomSummary {
+                    room_name: name.unwrap_or_else(|| room.to_string()),
+                    room_id: room.clone(),
+                    num: counts.num,
+                    total: counts.total,
+                    seq,
+                    epoch,
+                })
+            })();
+            match summary {
+                Ok(summary) => out.push(summary),
+                Err(e) => tracing::warn!(%room, error = %e, "skipping an unreadable room"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn members(&self, room: &RoomId) -> Result<Vec<UserId>> {
+        const W: &str = "members";
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(self.keys.room_members(room));
+        let mut members = Vec::new();
+        for member in array(W, self.redis.query(W, &cmd).await?)? {
+            let member = reply::string(W, member)?;
+            match UserId::new(member.as_str()) {
+                Ok(user) => members.push(user),
+                Err(e) => {
+                    tracing::warn!(%room, user = %member, error = %e, "skipping an invalid member id")
+                }
+            }
+        }
+        members.sort();
+        Ok(members)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        const W: &str = "ping";
+        let pong = reply::string(W, self.redis.query(W, &redis::cmd("PING")).await?)?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(BackendError::Corrupt(format!("PING answered {pong:?}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored frame is `{"event":"message","seq":N,"epoch":"E","ts":T,` + body minus its `{`
+    /// (what `append` in common.lua does); it must decode as the full message.
+    #[test]
+    fn spliced_frames_decode_as_messages() {
+        let draft = Draft {
+            user_id: UserId::new("u1").expect("id"),
+            user_name: "Ann \"the\" \u{1F600}".into(),
+            content: "hi,\n\"there\"}{".into(),
+            client_msg_id: Some("c-1".into()),
+        };
+        let room = RoomId::new("lobby").expect("id");
+        for (room, to) in [(Some(&room), None), (None, Some(&draft.user_id))] {
+            let body = body_json(&draft, room, to).expect("body");
+            let frame = format!(
+                "{{\"event\":\"message\",\"seq\":7,\"epoch\":\"e1\",\"ts\":1700000000123,{}",
+                &body[1..]
+            );
+            let Ok(ServerFrame::Message(m)) = ServerFrame::decode(&frame) else {
+                panic!("not a message frame: {frame}");
+            };
+            assert_eq!(m.seq, 7);
+            assert_eq!(m.epoch, "e1");
+            assert_eq!(m.ts, 1_700_000_000_123);
+            assert_eq!(m.room_id.as_ref(), room);
+            assert_eq!(m.to_user_id.as_ref(), to);
+            assert_eq!(m.content, draft.content);
+            assert_eq!(m.user_name, draft.user_name);
+            assert_eq!(m.client_msg_id, draft.client_msg_id);
+            assert!(!m.replay);
+        }
+    }
+}

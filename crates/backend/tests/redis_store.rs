@@ -1,0 +1,681 @@
+//! The Redis store against a real `redis-server`: seqs, history paging, cursors, membership,
+//! presence across nodes, reaping, and hostile data.
+
+mod redis_support;
+
+use std::time::Duration;
+
+use chat_backend::{BackendError, BrokerEvent, Counts, JoinRequest, StreamKey};
+use chat_protocol::ServerFrame;
+use redis_support::*;
+
+#[tokio::test]
+async fn post_assigns_contiguous_seqs_and_publishes_parsable_frames() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut backend = open(config(&server, "n1")).await;
+        let lobby = room("lobby");
+        let stream = StreamKey::Room(lobby.clone());
+        backend.broker.subscribe(&stream).await.expect("subscribe");
+        let head = backend.store.head(&stream).await.expect("head");
+        assert_eq!(head.seq, 0);
+
+        let mut posted = Vec::new();
+        for i in 1..=5u64 {
+            let mut d = draft("ann", &format!("m{i} \"quoted\" \u{e9}"));
+            d.client_msg_id = Some(format!("c{i}"));
+            let p = backend.store.post(&lobby, &d).await.expect("post");
+            assert_eq!(p.seq, i);
+            assert_eq!(
+                p.epoch, head.epoch,
+                "the epoch seen by head is the one posts use"
+            );
+            posted.push(p);
+        }
+        for p in &posted {
+            let (message, frame) = expect_event(&mut backend.events, "message", |e| match e {
+                BrokerEvent::Message {
+                    stream: s,
+                    message,
+                    frame,
+                } if s == stream => Some((message, frame)),
+                _ => None,
+            })
+            .await;
+            assert_eq!(message.seq, p.seq);
+            assert_eq!(message.ts, p.ts);
+            assert_eq!(message.room_id.as_ref(), Some(&lobby));
+            assert_eq!(message.user_name, "ANN");
+            assert_eq!(message.client_msg_id, Some(format!("c{}", p.seq)));
+            // The frame is the wire encoding of exactly this message.
+            assert_eq!(
+                ServerFrame::decode(&frame).ok(),
+                Some(ServerFrame::Message(message))
+            );
+        }
+        let stored = backend
+            .store
+            .range(&stream, 0, u64::MAX, 100, 0)
+            .await
+            .expect("range");
+        assert_eq!(
+            stored.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+        let head = backend.store.head(&stream).await.expect("head");
+        assert_eq!(head.seq, 5);
+        assert!(stored.windows(2).all(|w| w[0].ts <= w[1].ts));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn direct_messages_land_in_both_inboxes_once_for_self() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut backend = open(config(&server, "n1")).await;
+        let ann = StreamKey::Inbox(user("ann"));
+        let bob = StreamKey::Inbox(user("bob"));
+        backend.broker.subscribe(&ann).await.expect("subscribe");
+        backend.broker.subscribe(&bob).await.expect("subscribe");
+
+        let p = backend
+            .store
+            .post_direct(&user("bob"), &draft("ann", "psst"))
+            .await
+            .expect("dm");
+        assert_eq!((p.recipient.seq, p.sender.seq), (1, 1));
+        assert_eq!(p.recipient.ts, p.sender.ts);
+        assert_ne!(p.recipient.epoch, p.sender.epoch, "two inboxes, two epochs");
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (s, m) = expect_event(&mut backend.events, "dm", |e| match e {
+                BrokerEvent::Message {
+                    stream, message, ..
+                } => Some((stream, message)),
+                _ => None,
+            })
+            .await;
+            assert_eq!(m.to_user_id, Some(user("bob")));
+            assert_eq!(m.room_id, None);
+            seen.push(s);
+        }
+        seen.sort();
+        assert_eq!(seen, vec![ann.clone(), bob.clone()]);
+
+        // To oneself: one append, one publish.
+        let p = backend
+            .store
+            .post_direct(&user("ann"), &draft("ann", "note to self"))
+            .await
+            .expect("self dm");
+        assert_eq!(p.recipient, p.sender);
+        assert_eq!(p.recipient.seq, 2);
+        let inbox = backend
+            .store
+            .range(&ann, 0, u64::MAX, 10, 0)
+            .await
+            .expect("range");
+        assert_eq!(inbox.len(), 2);
+        assert_eq!(
+            backend.store.head(&bob).await.expect("head").seq,
+            1,
+            "bob's inbox untouched by ann's note"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn range_and_history_paging_bounds_and_min_ts() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut cfg = config(&server, "n1");
+        cfg.history_per_room = 5;
+        let backend = open(cfg).await;
+        let r = room("r");
+        let stream = StreamKey::Room(r.clone());
+        let mut last_ts = 0;
+        for i in 1..=10 {
+            if i == 9 {
+                // Make sure 9 and 10 are strictly newer than 1..8 on the Redis clock.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            let p = backend
+                .store
+                .post(&r, &draft("a", &format!("m{i}")))
+                .await
+                .expect("post");
+            if i == 9 {
+                last_ts = p.ts;
+            }
+        }
+        let seqs = |v: &[chat_protocol::ChatMessage]| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let store = &backend.store;
+
+        // Trimmed to the newest 5.
+        let all = store
+            .range(&stream, 0, u64::MAX, 100, 0)
+            .await
+            .expect("range");
+        assert_eq!(seqs(&all), vec![6, 7, 8, 9, 10]);
+        // Window (6, 9], newest 2 of it.
+        let some = store.range(&stream, 6, 9, 2, 0).await.expect("range");
+        assert_eq!(seqs(&some), vec![8, 9]);
+        assert!(
+            store
+                .range(&stream, 9, 9, 5, 0)
+                .await
+                .expect("range")
+                .is_empty()
+        );
+        assert!(
+            store
+                .range(&stream, 0, 10, 0, 0)
+                .await
+                .expect("range")
+                .is_empty()
+        );
+        assert!(
+            store
+                .range(&stream, 10, u64::MAX, 5, 0)
+                .await
+                .expect("range")
+                .is_empty()
+        );
+        // min_ts leaves out older messages.
+        let recent = store
+            .range(&stream, 0, u64::MAX, 100, last_ts)
+            .await
+            .expect("range");
+        assert_eq!(seqs(&recent), vec![9, 10]);
+        assert!(
+            store
+                .range(&stream, 0, u64::MAX, 100, u64::MAX)
+                .await
+                .expect("range")
+                .is_empty()
+        );
+        // Unknown stream: empty, not an error.
+        assert!(
+            store
+                .range(&StreamKey::Room(room("nope")), 0, u64::MAX, 10, 0)
+                .await
+                .expect("range")
+                .is_empty()
+        );
+
+        let head = store.head(&stream).await.expect("head");
+        let (epoch, page) = store.history(&r, None, 3).await.expect("history");
+        assert_eq!(epoch, head.epoch);
+        assert_eq!(seqs(&page), vec![8, 9, 10]);
+        let (_, page) = store.history(&r, Some(8), 2).await.expect("history");
+        assert_eq!(seqs(&page), vec![6, 7]);
+        let (_, page) = store.history(&r, Some(7), 10).await.expect("history");
+        assert_eq!(seqs(&page), vec![6], "older ones were trimmed");
+        let (_, page) = store.history(&r, Some(1), 10).await.expect("history");
+        assert!(page.is_empty());
+        let (_, page) = store.history(&r, Some(0), 10).await.expect("history");
+        assert!(page.is_empty());
+        let (epoch, page) = store.history(&r, None, 0).await.expect("history");
+        assert_eq!(epoch, head.epoch);
+        assert!(page.is_empty());
+        let (epoch, page) = store
+            .history(&room("nope"), None, 10)
+            .await
+            .expect("history");
+        assert_eq!((epoch.as_str(), page.len()), ("", 0));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cursors_never_move_backwards_and_need_membership() {
+    bounded(async {
+        let server = RedisServer::start();
+        let backend = open(config(&server, "n1")).await;
+        let store = &backend.store;
+        let r = room("r");
+        let stream = StreamKey::Room(r.clone());
+        let ann = user("ann");
+
+        // Not a member: ignored, like the in-memory backend.
+        store
+            .advance_cursor(&ann, &stream, 3)
+            .await
+            .expect("advance");
+        assert_eq!(store.cursor(&ann, &stream).await.expect("cursor"), None);
+
+        let join = JoinRequest {
+            room: &r,
+            user: &ann,
+            user_name: "Ann",
+            room_name: None,
+        };
+        assert_eq!(store.join(&join).await.expect("join").cursor, None);
+        store
+            .advance_cursor(&ann, &stream, 4)
+            .await
+            .expect("advance");
+        store
+            .advance_cursor(&ann, &stream, 2)
+            .await
+            .expect("advance");
+        assert_eq!(store.cursor(&ann, &stream).await.expect("cursor"), Some(4));
+        store
+            .advance_cursor(&ann, &stream, 9)
+            .await
+            .expect("advance");
+        assert_eq!(store.cursor(&ann, &stream).await.expect("cursor"), Some(9));
+        assert_eq!(store.join(&join).await.expect("join").cursor, Some(9));
+
+        // Inbox cursors need no membership and are separate from room cursors.
+        let inbox = StreamKey::Inbox(ann.clone());
+        store
+            .advance_cursor(&ann, &inbox, 7)
+            .await
+            .expect("advance");
+        store
+            .advance_cursor(&ann, &inbox, 1)
+            .await
+            .expect("advance");
+        assert_eq!(store.cursor(&ann, &inbox).await.expect("cursor"), Some(7));
+
+        // The cursors hash carries the offline-retention TTL.
+        let ttl = raw(&server, &["TTL", "chat:user:ann:cursors"]).await;
+        assert!(
+            matches!(ttl, redis::Value::Int(t) if t > 0 && t <= 3600),
+            "{ttl:?}"
+        );
+        let fields = raw_strings(&server, &["HKEYS", "chat:user:ann:cursors"]).await;
+        assert!(fields.contains(&"r".to_owned()) && fields.contains(&"@ann".to_owned()));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn join_names_rooms_and_leave_removes_membership_presence_and_cursor() {
+    bounded(async {
+        let server = RedisServer::start();
+        let backend = open(config(&server, "n1")).await;
+        let store = &backend.store;
+        let r = room("r");
+        let (ann, bob) = (user("ann"), user("bob"));
+
+        let first = store
+            .join(&JoinRequest {
+                room: &r,
+                user: &ann,
+                user_name: "Ann",
+                room_name: Some("Room R"),
+            })
+            .await
+            .expect("join");
+        assert!(first.came_online && first.new_member);
+        assert_eq!(first.room_name, "Room R");
+        assert_eq!(first.counts, Counts { num: 1, total: 1 });
+        assert_eq!(first.head.seq, 0);
+        let again = store
+            .join(&JoinRequest {
+                room: &r,
+                user: &ann,
+                user_name: "Ann",
+                room_name: Some("Other name"),
+            })
+            .await
+            .expect("join");
+        assert!(!again.came_online && !again.new_member);
+        assert_eq!(again.room_name, "Room R", "the first name sticks");
+        assert_eq!(again.head, first.head);
+        let b = store
+            .join(&JoinRequest {
+                room: &r,
+                user: &bob,
+                user_name: "Bob",
+                room_name: None,
+            })
+            .await
+            .expect("join");
+        assert_eq!(b.counts, Counts { num: 2, total: 2 });
+
+        let stream = StreamKey::Room(r.clone());
+        store
+            .advance_cursor(&ann, &stream, 3)
+            .await
+            .expect("advance");
+        let counts = store.leave(&r, &ann).await.expect("leave");
+        assert_eq!(counts, Counts { num: 1, total: 1 });
+        assert_eq!(store.members(&r).await.expect("members"), vec![bob.clone()]);
+        assert_eq!(store.cursor(&ann, &stream).await.expect("cursor"), None);
+        assert!(matches!(
+            raw(&server, &["ZSCORE", "chat:room:r:online", "ann"]).await,
+            redis::Value::Nil
+        ));
+        let conns = raw_strings(&server, &["ZRANGE", "chat:room:r:conns", "0", "-1"]).await;
+        assert_eq!(conns, vec!["bob|n1".to_owned()]);
+        assert!(matches!(
+            raw(&server, &["HGET", "chat:room:r:names", "ann"]).await,
+            redis::Value::Nil
+        ));
+        // A cursor for a non-member does not come back.
+        store
+            .advance_cursor(&ann, &stream, 5)
+            .await
+            .expect("advance");
+        assert_eq!(store.cursor(&ann, &stream).await.expect("cursor"), None);
+
+        // Listing: the room with its counts; head of a new room lists it too.
+        store.post(&r, &draft("bob", "hi")).await.expect("post");
+        store
+            .head(&StreamKey::Room(room("empty")))
+            .await
+            .expect("head");
+        let rooms = store.rooms().await.expect("rooms");
+        assert_eq!(rooms.len(), 2);
+        assert_eq!(rooms[0].room_id, room("empty"));
+        assert_eq!(rooms[0].room_name, "empty");
+        assert_eq!((rooms[0].num, rooms[0].total, rooms[0].seq), (0, 0, 0));
+        assert_eq!(rooms[1].room_id, r);
+        assert_eq!(rooms[1].room_name, "Room R");
+        assert_eq!((rooms[1].num, rooms[1].total, rooms[1].seq), (1, 1, 1));
+        assert_eq!(rooms[1].epoch, first.head.epoch);
+        store.ping().await.expect("ping");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn presence_across_two_nodes() {
+    bounded(async {
+        let server = RedisServer::start();
+        let a = open(config(&server, "node-a")).await;
+        let b = open(config(&server, "node-b")).await;
+        let r = room("r");
+        let ann = user("ann");
+        let join = JoinRequest {
+            room: &r,
+            user: &ann,
+            user_name: "Ann",
+            room_name: None,
+        };
+        let on_a = a.store.join(&join).await.expect("join a");
+        assert!(on_a.came_online && on_a.new_member);
+        let on_b = b.store.join(&join).await.expect("join b");
+        assert!(!on_b.came_online && !on_b.new_member);
+        assert_eq!(on_b.counts, Counts { num: 1, total: 1 });
+
+        // Offline on one node: still online through the other.
+        let off_a = a.store.go_offline(&r, &ann).await.expect("offline a");
+        assert!(!off_a.went_offline);
+        assert_eq!(off_a.counts, Counts { num: 1, total: 1 });
+        // Both: offline everywhere, still a member.
+        let off_b = b.store.go_offline(&r, &ann).await.expect("offline b");
+        assert!(off_b.went_offline);
+        assert_eq!(off_b.counts, Counts { num: 0, total: 1 });
+        // Going offline twice reports nothing new.
+        assert!(
+            !b.store
+                .go_offline(&r, &ann)
+                .await
+                .expect("offline")
+                .went_offline
+        );
+        // Back through b: came online again.
+        assert!(b.store.join(&join).await.expect("join").came_online);
+
+        // Refresh keeps presence alive and marks the node live.
+        a.store
+            .refresh_presence(&[(r.clone(), ann.clone())])
+            .await
+            .expect("refresh");
+        let mut nodes = raw_strings(&server, &["ZRANGE", "chat:nodes", "0", "-1"]).await;
+        nodes.sort();
+        assert_eq!(nodes, vec!["node-a".to_owned(), "node-b".to_owned()]);
+        let conns = raw_strings(&server, &["ZRANGE", "chat:room:r:conns", "0", "-1"]).await;
+        assert_eq!(conns.len(), 2, "{conns:?}");
+        a.store.refresh_presence(&[]).await.expect("empty refresh");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn expired_presence_is_reaped_exactly_once_when_a_node_stops_refreshing() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut cfg_a = config(&server, "node-a");
+        cfg_a.presence_ttl_secs = 1;
+        let mut cfg_b = config(&server, "node-b");
+        cfg_b.presence_ttl_secs = 1;
+        let a = open(cfg_a).await;
+        let b = open(cfg_b).await;
+        let r = room("r");
+        let (ann, bob) = (user("ann"), user("bob"));
+        a.store
+            .join(&JoinRequest {
+                room: &r,
+                user: &ann,
+                user_name: "Ann",
+                room_name: None,
+            })
+            .await
+            .expect("join");
+        b.store
+            .join(&JoinRequest {
+                room: &r,
+                user: &bob,
+                user_name: "Bob",
+                room_name: None,
+            })
+            .await
+            .expect("join");
+
+        // Node b keeps refreshing bob; node a "dies" (never refreshes ann).
+        let b_store = b.store.clone();
+        let (r2, bob2) = (r.clone(), bob.clone());
+        let refresher = tokio::spawn(async move {
+            loop {
+                let _ = b_store
+                    .refresh_presence(&[(r2.clone(), bob2.clone())])
+                    .await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        });
+
+        // Well past ann's TTL (1 s) before anyone reaps.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (ra, rb) = tokio::join!(a.store.reap_presence(&r), b.store.reap_presence(&r));
+        let mut reaped = ra.expect("reap a");
+        reaped.extend(rb.expect("reap b"));
+        assert_eq!(reaped.len(), 1, "exactly one caller reaps ann: {reaped:?}");
+        assert_eq!(reaped[0].user, ann);
+        assert_eq!(reaped[0].user_name, "Ann");
+        assert_eq!(reaped[0].counts, Counts { num: 1, total: 2 });
+        assert!(b.store.reap_presence(&r).await.expect("reap").is_empty());
+        // Still a member, just offline.
+        assert_eq!(
+            b.store.members(&r).await.expect("members"),
+            vec![ann.clone(), bob.clone()]
+        );
+        let conns = raw_strings(&server, &["ZRANGE", "chat:room:r:conns", "0", "-1"]).await;
+        assert_eq!(conns, vec!["bob|node-b".to_owned()]);
+
+        refresher.abort();
+        // Without refreshes bob expires too, and is reaped once.
+        let gone = eventually("bob to be reaped", || async {
+            let reaped = b.store.reap_presence(&r).await.expect("reap");
+            (!reaped.is_empty()).then_some(reaped)
+        })
+        .await;
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].user, bob);
+        assert_eq!(gone[0].counts, Counts { num: 0, total: 2 });
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
+    bounded(async {
+        let server = RedisServer::start();
+        let backend = open(config(&server, "n1")).await;
+        let store = &backend.store;
+        let r = room("r");
+        let stream = StreamKey::Room(r.clone());
+        for i in 1..=3 {
+            store
+                .post(&r, &draft("a", &format!("m{i}")))
+                .await
+                .expect("post");
+        }
+        // Foreign entries in the log: skipped, the rest still readable.
+        raw(&server, &["ZADD", "chat:room:r:log", "2", "not json"]).await;
+        raw(
+            &server,
+            &["ZADD", "chat:room:r:log", "2", r#"{"event":"login"}"#],
+        )
+        .await;
+        raw(
+            &server,
+            &[
+                "ZADD",
+                "chat:room:r:log",
+                "3",
+                r#"{"event":"heartBeat","content":"pong"}"#,
+            ],
+        )
+        .await;
+        let all = store
+            .range(&stream, 0, u64::MAX, 100, 0)
+            .await
+            .expect("range");
+        assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let (_, page) = store.history(&r, None, 100).await.expect("history");
+        assert_eq!(page.len(), 3);
+
+        let corrupt = |res: Result<(), BackendError>, what: &str| match res {
+            Err(BackendError::Corrupt(_)) => {}
+            other => panic!("{what}: expected Corrupt, got {other:?}"),
+        };
+
+        // A string where a hash is expected.
+        raw(&server, &["SET", "chat:room:s:meta", "oops"]).await;
+        let s = room("s");
+        corrupt(store.post(&s, &draft("a", "x")).await.map(drop), "post");
+        corrupt(
+            store.head(&StreamKey::Room(s.clone())).await.map(drop),
+            "head",
+        );
+        corrupt(store.history(&s, None, 10).await.map(drop), "history");
+        corrupt(
+            store
+                .join(&JoinRequest {
+                    room: &s,
+                    user: &user("a"),
+                    user_name: "A",
+                    room_name: None,
+                })
+                .await
+                .map(drop),
+            "join",
+        );
+        // Scripts check before they write: the failed join left nothing behind.
+        assert!(matches!(
+            raw(&server, &["EXISTS", "chat:room:s:members"]).await,
+            redis::Value::Int(0)
+        ));
+        // An epoch that would break out of the JSON string it is spliced into.
+        raw(
+            &server,
+            &[
+                "HSET",
+                "chat:room:t:meta",
+                "epoch",
+                r#"x","content":"pwned"#,
+            ],
+        )
+        .await;
+        let t = room("t");
+        corrupt(
+            store.post(&t, &draft("a", "x")).await.map(drop),
+            "post with a bad epoch",
+        );
+        assert!(
+            raw_strings(&server, &["ZRANGE", "chat:room:t:log", "0", "-1"])
+                .await
+                .is_empty()
+        );
+        // A seq counter that is not a number.
+        raw(
+            &server,
+            &["HSET", "chat:room:u:meta", "epoch", "e1", "seq", "abc"],
+        )
+        .await;
+        corrupt(
+            store.post(&room("u"), &draft("a", "x")).await.map(drop),
+            "post with a bad seq",
+        );
+        corrupt(
+            store.head(&StreamKey::Room(room("u"))).await.map(drop),
+            "head with a bad seq",
+        );
+        // A damaged sender inbox fails the whole direct message: the recipient gets no copy.
+        raw(
+            &server,
+            &["HSET", "chat:user:mallory:inbox:meta", "seq", "x"],
+        )
+        .await;
+        corrupt(
+            store
+                .post_direct(&user("bob"), &draft("mallory", "hi"))
+                .await
+                .map(drop),
+            "dm from a damaged inbox",
+        );
+        assert!(matches!(
+            raw(&server, &["EXISTS", "chat:user:bob:inbox"]).await,
+            redis::Value::Int(0)
+        ));
+        // A cursor that is not a number.
+        raw(&server, &["HSET", "chat:user:a:cursors", "r", "zzz"]).await;
+        corrupt(store.cursor(&user("a"), &stream).await.map(drop), "cursor");
+        corrupt(
+            store
+                .join(&JoinRequest {
+                    room: &r,
+                    user: &user("a"),
+                    user_name: "A",
+                    room_name: None,
+                })
+                .await
+                .map(drop),
+            "join with a damaged cursor",
+        );
+        raw(&server, &["HSET", "chat:user:a:cursors", "@a", "zzz"]).await;
+        corrupt(
+            store
+                .advance_cursor(&user("a"), &StreamKey::Inbox(user("a")), 1)
+                .await,
+            "advance a damaged cursor",
+        );
+        // Members of the wrong type.
+        raw(&server, &["SET", "chat:room:v:members", "oops"]).await;
+        corrupt(store.members(&room("v")).await.map(drop), "members");
+        // Invalid ids in sets are skipped.
+        raw(&server, &["SADD", "chat:room:r:members", "bad id", "ok"]).await;
+        assert_eq!(store.members(&r).await.expect("members"), vec![user("ok")]);
+        raw(&server, &["SADD", "chat:rooms", "bad room", "s"]).await;
+        let rooms = store.rooms().await.expect("rooms with damaged entries");
+        let ids: Vec<String> = rooms.iter().map(|s| s.room_id.to_string()).collect();
+        assert!(ids.contains(&"r".to_owned()), "{ids:?}");
+        assert!(
+            !ids.contains(&"s".to_owned()),
+            "the damaged room is skipped: {ids:?}"
+        );
+        // The store still works for healthy rooms.
+        assert_eq!(
+            store.post(&r, &draft("a", "m4")).await.expect("post").seq,
+            4
+        );
+    })
+    .await;
+}
