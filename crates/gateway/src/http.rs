@@ -5,6 +5,7 @@
 //! | `GET /ws` | WebSocket upgrade (protocol v1) |
 //! | `GET /api/rooms` | `{"rooms":[{roomId, roomName, num, total, seq, epoch}]}` |
 //! | `GET /api/rooms/{id}/messages?before=&limit=` | `{"roomId","epoch","messages":[...]}` |
+//! | `GET /api/node` | `{"node","backend","connections"}`: which node answered, and its load |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when the backend answers and the node is not shutting down, else 503 |
 
@@ -32,6 +33,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ws", get(upgrade))
         .route("/api/rooms", get(rooms))
         .route("/api/rooms/{id}/messages", get(messages))
+        .route("/api/node", get(node_info))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/", get(index))
@@ -135,6 +137,15 @@ async fn messages(
         .into_response(),
         Err(e) => backend_error(e),
     }
+}
+
+async fn node_info(State(node): State<Arc<Node>>) -> Response {
+    Json(json!({
+        "node": node.id,
+        "backend": node.backend_kind,
+        "connections": node.sessions.len(),
+    }))
+    .into_response()
 }
 
 async fn ready(State(node): State<Arc<Node>>) -> Response {
