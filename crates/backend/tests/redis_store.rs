@@ -443,9 +443,9 @@ async fn expired_presence_is_reaped_exactly_once_when_a_node_stops_refreshing() 
     bounded(async {
         let server = RedisServer::start();
         let mut cfg_a = config(&server, "node-a");
-        cfg_a.presence_ttl_secs = 1;
+        cfg_a.presence_lease_ms = 1000;
         let mut cfg_b = config(&server, "node-b");
-        cfg_b.presence_ttl_secs = 1;
+        cfg_b.presence_lease_ms = 1000;
         let a = open(cfg_a).await;
         let b = open(cfg_b).await;
         let r = room("r");

@@ -179,8 +179,10 @@ impl Settings {
         if self.history.per_room == 0 || self.history.max_page == 0 {
             return invalid("history.per_room and history.max_page must be positive");
         }
-        if self.presence.ttl_secs < 3 {
-            return invalid("presence.ttl_secs must be at least 3 (it is refreshed every ttl/3)");
+        if self.presence.ttl_secs < 2 {
+            return invalid(
+                "presence.ttl_secs must be at least 2 (leases of ttl/2 are renewed every ttl/4)",
+            );
         }
         if self.cluster.sync_interval_secs == 0 {
             return invalid("cluster.sync_interval_secs must be at least 1");

@@ -49,7 +49,7 @@ pub async fn open_backend(
         url: settings.redis.url.clone(),
         prefix: settings.redis.prefix.clone(),
         node_id: node_id.to_owned(),
-        presence_ttl_secs: settings.presence.ttl_secs,
+        presence_lease_ms: settings.presence.ttl_secs * 1000 / 2,
         history_per_room: settings.history.per_room,
         cursor_ttl_secs: settings.offline.ttl_secs,
         pool_size: settings.redis.pool_size,

@@ -1,6 +1,11 @@
-//! Cluster presence upkeep: refreshes the TTLs of this node's presence entries every `ttl/3`, and
-//! reaps entries that expired because their node died, sending the `logout` notices that node
+//! Cluster presence upkeep: refreshes the lease of this node's presence entries, and reaps
+//! entries whose lease ran out because their node died, sending the `logout` notices that node
 //! never could. With the embedded backend both are no-ops.
+//!
+//! Timing, with `ttl = presence.ttl_secs`: entries live `ttl/2` after a refresh, and this runs
+//! every `ttl/4`. A live node therefore renews each lease twice before it runs out (one late
+//! refresh is harmless), and a dead node's users are reaped at most `ttl/2 + ttl/4` after its last
+//! refresh: within `ttl`, as promised.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +17,7 @@ use crate::node::Node;
 
 /// Runs until the node shuts down.
 pub async fn run(node: Arc<Node>) {
-    let period = Duration::from_millis(node.settings.presence.ttl_secs * 1000 / 3);
+    let period = Duration::from_millis(node.settings.presence.ttl_secs * 1000 / 4);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

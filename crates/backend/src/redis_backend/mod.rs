@@ -42,9 +42,10 @@ pub struct RedisConfig {
     /// This node's id, unique in the cluster (it tags this node's presence entries). Must not
     /// contain `|`.
     pub node_id: String,
-    /// Presence entries expire this long after the node's last refresh; a dead node's users are
-    /// reaped after it. Default 15.
-    pub presence_ttl_secs: u64,
+    /// How long a presence entry lives after its node's last refresh (the lease), in ms; a dead
+    /// node's users are reaped once it has run out. The node must refresh well within it: the
+    /// gateway uses half of `presence.ttl_secs` and refreshes every quarter. Default 7500.
+    pub presence_lease_ms: u64,
     /// Messages kept per room log and per direct-message inbox. Default 1000.
     pub history_per_room: usize,
     /// How long a user's read cursors (their offline position in each room) survive without any
@@ -62,7 +63,7 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379/".to_owned(),
             prefix: "chat:".to_owned(),
             node_id: format!("node-{:08x}", rand::random::<u32>()),
-            presence_ttl_secs: 15,
+            presence_lease_ms: 7500,
             history_per_room: 1000,
             cursor_ttl_secs: 7 * 24 * 3600,
             pool_size: 16,
@@ -93,8 +94,8 @@ impl RedisConfig {
         if self.prefix.chars().any(char::is_control) {
             return bad("prefix must not contain control characters");
         }
-        if self.presence_ttl_secs == 0 {
-            return bad("presence_ttl_secs must be at least 1");
+        if self.presence_lease_ms < 100 {
+            return bad("presence_lease_ms must be at least 100");
         }
         if self.cursor_ttl_secs == 0 {
             return bad("cursor_ttl_secs must be at least 1");

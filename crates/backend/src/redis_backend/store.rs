@@ -47,7 +47,7 @@ impl RedisStore {
             keys,
             scripts,
             node_id: config.node_id.clone(),
-            presence_ttl_ms: config.presence_ttl_secs.saturating_mul(1000),
+            presence_ttl_ms: config.presence_lease_ms,
             history_cap: config.history_per_room.max(1),
             cursor_ttl_secs: config.cursor_ttl_secs,
         }

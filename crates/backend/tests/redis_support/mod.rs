@@ -146,7 +146,7 @@ pub fn config(server: &RedisServer, node: &str) -> RedisConfig {
         url: server.url(),
         prefix: "chat:".to_owned(),
         node_id: node.to_owned(),
-        presence_ttl_secs: 15,
+        presence_lease_ms: 15_000,
         history_per_room: 1000,
         cursor_ttl_secs: 3600,
         pool_size: 4,
