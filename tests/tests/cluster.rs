@@ -1,0 +1,482 @@
+//! Cluster mode: three gateway processes sharing one real `redis-server`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use chat_tests::chat_protocol::{ChatMessage, ErrorCode, LogoutReason, ServerFrame};
+use chat_tests::serde_json::{Value, json};
+use chat_tests::{
+    Client, Gateway, GatewayOptions, RedisServer, assert_consecutive, seqs, wait_until,
+};
+
+/// A Redis and three gateways on it.
+struct Cluster {
+    redis: RedisServer,
+    nodes: Vec<Gateway>,
+}
+
+impl Cluster {
+    async fn start(extra: &[(&str, &str)]) -> Cluster {
+        let redis = RedisServer::start().await;
+        let url = redis.url();
+        let mut nodes = Vec::new();
+        for i in 1..=3 {
+            let node_id = format!("n{i}");
+            let mut env: Vec<(&str, &str)> = vec![
+                ("CHAT__REDIS__URL", url.as_str()),
+                ("CHAT__SERVER__NODE_ID", node_id.as_str()),
+                ("CHAT__PRESENCE__TTL_SECS", "4"),
+                ("CHAT__CLUSTER__SYNC_INTERVAL_SECS", "1"),
+                ("CHAT__REDIS__COMMAND_TIMEOUT_MS", "1000"),
+            ];
+            env.extend_from_slice(extra);
+            let mut options = GatewayOptions::env(&env);
+            options.label = Some(format!("node{i}"));
+            nodes.push(Gateway::start_with(options).await);
+        }
+        for node in &nodes {
+            assert!(
+                wait_until(Duration::from_secs(20), || async {
+                    node.get("/readyz").await.status == 200
+                })
+                .await,
+                "node not ready:\n{}",
+                node.log_tail(40)
+            );
+        }
+        Cluster { redis, nodes }
+    }
+
+    async fn client(&self, node: usize, label: &str) -> Client {
+        self.nodes[node].client().await.named(label)
+    }
+
+    fn redis_cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.redis.port().to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+fn contents(messages: &[ChatMessage]) -> Vec<String> {
+    messages.iter().map(|m| m.content.clone()).collect()
+}
+
+async fn room_counts(node: &Gateway, room: &str) -> Option<(u64, u64)> {
+    let body = node.get("/api/rooms").await.json();
+    body["rooms"]
+        .as_array()?
+        .iter()
+        .find(|r| r["roomId"] == room)
+        .map(|r| {
+            (
+                r["num"].as_u64().unwrap_or(u64::MAX),
+                r["total"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+}
+
+#[tokio::test]
+async fn clients_on_three_nodes_share_a_room_in_one_order() {
+    let cluster = Cluster::start(&[]).await;
+    let mut clients = Vec::new();
+    for (i, user) in ["ann", "bob", "cid"].iter().enumerate() {
+        let mut c = cluster.client(i, user).await;
+        c.login("hall", user, &user.to_uppercase()).await;
+        clients.push(c);
+    }
+    // Everyone sees the last arrival come online with the same counts.
+    for c in clients.iter_mut() {
+        let notice = c.recv_login_of("hall", "cid").await;
+        assert_eq!((notice.num, notice.total), (3, 3), "{}", c.label);
+    }
+    for node in &cluster.nodes {
+        assert_eq!(
+            room_counts(node, "hall").await,
+            Some((3, 3)),
+            "every node reports the same counts"
+        );
+    }
+
+    // Posts from all three nodes at once, interleaved.
+    for round in 0..10 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.post("hall", &format!("{round}-{i}")).await;
+        }
+    }
+    let mut orders = Vec::new();
+    for c in clients.iter_mut() {
+        let got = c.recv_messages_in("hall", 30).await;
+        assert_consecutive(&got, 1);
+        orders.push(contents(&got));
+    }
+    assert_eq!(
+        orders[0], orders[1],
+        "nodes 1 and 2 delivered different orders"
+    );
+    assert_eq!(
+        orders[0], orders[2],
+        "nodes 1 and 3 delivered different orders"
+    );
+
+    // Counts and notices after one leaves for good.
+    clients[2]
+        .send_json(json!({"event":"logout","roomId":"hall"}))
+        .await;
+    for c in clients.iter_mut().take(2) {
+        let notice = c.recv_logout_of("hall", "cid").await;
+        assert_eq!(
+            (notice.num, notice.total, notice.reason),
+            (2, 2, Some(LogoutReason::Left))
+        );
+    }
+    for node in &cluster.nodes {
+        assert_eq!(room_counts(node, "hall").await, Some((2, 2)));
+    }
+}
+
+#[tokio::test]
+async fn a_returning_user_gets_exactly_what_it_missed_on_another_node() {
+    let cluster = Cluster::start(&[]).await;
+    let mut ann = cluster.client(0, "ann").await;
+    ann.login("r", "ann", "Ann").await;
+    let mut bob = cluster.client(1, "bob").await;
+    bob.login("r", "bob", "Bob").await;
+    ann.post_and_wait("r", "before").await;
+    assert_eq!(bob.recv_message_in("r").await.content, "before");
+    bob.close().await;
+    let gone = ann.recv_logout_of("r", "bob").await;
+    assert_eq!(
+        (gone.num, gone.total, gone.reason),
+        (1, 2, Some(LogoutReason::Offline))
+    );
+
+    for i in 1..=4 {
+        ann.post_and_wait("r", &format!("missed {i}")).await;
+    }
+    // Back, through the third node.
+    let mut bob = cluster.client(2, "bob again").await;
+    let (joined, replayed) = bob
+        .login_replay(json!({"event":"login","roomId":"r","userId":"bob","userName":"Bob"}))
+        .await;
+    assert_eq!((joined.seq, joined.replayed), (5, 4));
+    assert_eq!(
+        contents(&replayed),
+        vec!["missed 1", "missed 2", "missed 3", "missed 4"]
+    );
+    assert!(replayed.iter().all(|m| m.replay));
+    assert_eq!(seqs(&replayed), vec![2, 3, 4, 5]);
+
+    ann.post_and_wait("r", "live").await;
+    let live = bob.recv_message_in("r").await;
+    assert_eq!(
+        (live.seq, live.content.as_str(), live.replay),
+        (6, "live", false)
+    );
+
+    // A direct message to an offline user waits for them on any node.
+    bob.close().await;
+    ann.send_json(json!({"event":"message","toUserId":"bob","content":"psst"}))
+        .await;
+    ann.recv_sent().await;
+    let mut bob = cluster.client(0, "bob third").await;
+    bob.send_json(json!({"event":"login","roomId":"r","userId":"bob","userName":"Bob"}))
+        .await;
+    let dm = bob.recv_direct().await;
+    assert_eq!(
+        (dm.content.as_str(), dm.replay, dm.user_id.as_str()),
+        ("psst", true, "ann")
+    );
+}
+
+#[tokio::test]
+async fn a_killed_node_leaves_no_zombie_users() {
+    let mut cluster = Cluster::start(&[]).await;
+    let mut ann = cluster.client(0, "ann").await;
+    ann.login("r", "ann", "Ann").await;
+    let mut bob = cluster.client(1, "bob").await;
+    bob.login("r", "bob", "Bob").await;
+    let mut cid = cluster.client(1, "cid").await;
+    cid.login("r", "cid", "Cid").await;
+    ann.recv_login_of("r", "cid").await;
+
+    cluster.nodes[1].kill9();
+    // Within presence.ttl_secs (4 s here) plus a refresh period; generous for slow machines.
+    ann.set_timeout(Duration::from_secs(20));
+    let mut gone = Vec::new();
+    for _ in 0..2 {
+        let notice = ann
+            .recv_match("logout of a killed node's user", |f| match f {
+                ServerFrame::Logout(n) if n.reason == Some(LogoutReason::Offline) => {
+                    Some(n.clone())
+                }
+                _ => None,
+            })
+            .await;
+        gone.push((notice.user_id.to_string(), notice.num, notice.total));
+    }
+    gone.sort();
+    assert_eq!(gone[0].0, "bob");
+    assert_eq!(gone[1].0, "cid");
+    assert_eq!(
+        gone.iter().map(|g| g.1).min(),
+        Some(1),
+        "after both left, one user is online"
+    );
+    assert!(gone.iter().all(|g| g.2 == 3), "they are still members");
+    assert_eq!(room_counts(&cluster.nodes[0], "r").await, Some((1, 3)));
+    assert_eq!(
+        cluster.redis_cli(&["ZRANGE", "chat:room:r:online", "0", "-1"]),
+        "ann"
+    );
+}
+
+#[tokio::test]
+async fn restarting_redis_under_connected_clients_recovers_without_gaps() {
+    let mut cluster = Cluster::start(&[]).await;
+    let mut ann = cluster.client(0, "ann").await;
+    ann.login("r", "ann", "Ann").await;
+    let mut bob = cluster.client(1, "bob").await;
+    bob.login("r", "bob", "Bob").await;
+    ann.post_and_wait("r", "before").await;
+    let first = bob.recv_message_in("r").await;
+    let old_epoch = first.epoch.clone();
+
+    cluster.redis.kill9();
+    // Posts fail with a retriable error; connections stay open; readiness drops.
+    ann.post_with_id("r", "during", "d1").await;
+    let error = ann.recv_error().await;
+    assert_eq!(
+        (error.code, error.retriable, error.reference.as_deref()),
+        (ErrorCode::Unavailable, true, Some("d1"))
+    );
+    let node = &cluster.nodes[0];
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            node.get("/readyz").await.status == 503
+        })
+        .await
+    );
+    ann.ping_pong().await;
+
+    cluster.redis.restart().await;
+    for node in &cluster.nodes {
+        assert!(
+            wait_until(Duration::from_secs(20), || async {
+                node.get("/readyz").await.status == 200
+            })
+            .await,
+            "node did not become ready again:\n{}",
+            node.log_tail(40)
+        );
+    }
+    // Same connections, a new log: seqs start over under a new epoch, with no holes.
+    let mut posted = Vec::new();
+    for i in 0..5 {
+        let sent = ann.post_and_wait("r", &format!("after {i}")).await;
+        posted.push(sent.seq);
+    }
+    assert_eq!(posted, vec![1, 2, 3, 4, 5]);
+    let got = bob.recv_messages_in("r", 5).await;
+    assert_consecutive(&got, 1);
+    assert_ne!(got[0].epoch, old_epoch, "the recreated log has a new epoch");
+    assert_eq!(contents(&got)[0], "after 0");
+
+    // Presence and membership of the connected users come back by themselves.
+    let node = &cluster.nodes[2];
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            room_counts(node, "r").await == Some((2, 2))
+        })
+        .await,
+        "counts did not heal: {:?}",
+        room_counts(node, "r").await
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_subscription_is_restored_and_the_gap_filled_from_history() {
+    let cluster = Cluster::start(&[]).await;
+    let mut ann = cluster.client(0, "ann").await;
+    ann.login("r", "ann", "Ann").await;
+    let mut bob = cluster.client(1, "bob").await;
+    bob.login("r", "bob", "Bob").await;
+    ann.post_and_wait("r", "m1").await;
+    bob.recv_message_in("r").await;
+
+    // Freeze bob's node, so that after its subscription is killed it cannot resubscribe before the
+    // next posts are published: pub/sub loses them for that node for certain.
+    let frozen = cluster.nodes[1].pid();
+    chat_tests::send_signal(frozen, "STOP");
+    let killed = cluster.redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(
+        killed.parse::<u32>().unwrap_or(0) >= 2,
+        "killed pub/sub clients: {killed}"
+    );
+    for i in 2..=6 {
+        ann.post_and_wait("r", &format!("m{i}")).await;
+    }
+    chat_tests::send_signal(frozen, "CONT");
+    let got = bob.recv_messages_in("r", 5).await;
+    assert_consecutive(&got, 2);
+    assert_eq!(contents(&got), vec!["m2", "m3", "m4", "m5", "m6"]);
+    let mine = ann.recv_messages_in("r", 6).await;
+    assert_consecutive(&mine, 1);
+
+    // Both nodes are subscribed again.
+    let numsub = || cluster.redis_cli(&["PUBSUB", "NUMSUB", "chat:room:r"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            numsub().ends_with('2')
+        })
+        .await,
+        "PUBSUB NUMSUB: {}",
+        numsub()
+    );
+    ann.post_and_wait("r", "m7").await;
+    assert_eq!(bob.recv_message_in("r").await.seq, 7);
+    let log = cluster.nodes[1].log_tail(400);
+    assert!(
+        log.contains("filled a gap from the log"),
+        "bob's node recovered m2..m6 from history:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn the_last_message_lost_by_pubsub_arrives_without_a_later_one() {
+    let cluster = Cluster::start(&[]).await;
+    let mut ann = cluster.client(0, "ann").await;
+    ann.login("r", "ann", "Ann").await;
+    let mut bob = cluster.client(1, "bob").await;
+    bob.login("r", "bob", "Bob").await;
+    // Kill the subscriptions while bob's node is frozen and post exactly one message, with
+    // nothing after it: no later seq will ever reveal the gap on that node.
+    let frozen = cluster.nodes[1].pid();
+    chat_tests::send_signal(frozen, "STOP");
+    cluster.redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    ann.post_and_wait("r", "only").await;
+    chat_tests::send_signal(frozen, "CONT");
+    let got = bob.recv_message_in("r").await;
+    assert_eq!((got.seq, got.content.as_str()), (1, "only"));
+}
+
+/// A pattern row of docs/redis.md's key table: (regex-ish parts, type).
+fn documented_keys() -> Vec<(String, String)> {
+    let doc = chat_tests::read_to_string(&chat_tests::workspace_root().join("docs/redis.md"));
+    let mut rows = Vec::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 4 {
+            continue;
+        }
+        let (key, kind) = (cells[1], cells[2]);
+        if key.starts_with("`chat:")
+            && key.ends_with('`')
+            && kind.chars().all(|c| c.is_ascii_uppercase())
+            && !kind.is_empty()
+        {
+            rows.push((key.trim_matches('`').to_owned(), kind.to_lowercase()));
+        }
+    }
+    rows
+}
+
+/// Matches a key against a documented pattern where `{r}` and `{u}` stand for an id.
+fn matches_pattern(key: &str, pattern: &str) -> bool {
+    let mut rest = key;
+    let mut parts = pattern.split(['{', '}']).enumerate().peekable();
+    while let Some((i, part)) = parts.next() {
+        if i % 2 == 0 {
+            let Some(after) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = after;
+        } else {
+            // An id: up to the next literal part (ids contain no such suffix in our scenario).
+            let next_literal = parts.peek().map(|(_, p)| *p).unwrap_or("");
+            if next_literal.is_empty() {
+                return !rest.is_empty();
+            }
+            match rest.find(next_literal) {
+                Some(0) | None => return false,
+                Some(pos) => rest = &rest[pos..],
+            }
+        }
+    }
+    rest.is_empty()
+}
+
+#[tokio::test]
+async fn the_keys_in_redis_are_the_documented_ones() {
+    let cluster = Cluster::start(&[]).await;
+    let documented = documented_keys();
+    assert!(
+        documented.len() >= 8,
+        "docs/redis.md key table not found: {documented:?}"
+    );
+
+    let mut ann = cluster.client(0, "ann").await;
+    ann.login("r1", "ann", "Ann").await;
+    let mut bob = cluster.client(1, "bob").await;
+    bob.login("r1", "bob", "Bob").await;
+    bob.login("r2", "bob", "Bob").await;
+    ann.post_and_wait("r1", "hello").await;
+    bob.post_and_wait("r2", "there").await;
+    ann.send_json(json!({"event":"message","toUserId":"bob","content":"dm"}))
+        .await;
+    ann.recv_sent().await;
+    bob.send_json(json!({"event":"ack","roomId":"r1","seq":1}))
+        .await;
+    bob.ping_pong().await;
+    bob.close().await;
+    ann.recv_logout_of("r1", "bob").await;
+
+    let keys = cluster.redis_cli(&["--scan", "--pattern", "*"]);
+    let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+    assert!(
+        keys.len() >= 10,
+        "expected the scenario's keys, got {keys:?}"
+    );
+    for key in &keys {
+        let Some((pattern, kind)) = documented.iter().find(|(p, _)| matches_pattern(key, p)) else {
+            panic!("key {key} is not documented in docs/redis.md");
+        };
+        let actual = cluster.redis_cli(&["TYPE", key]);
+        assert_eq!(&actual, kind, "{key} (documented as {pattern})");
+        let ttl: i64 = cluster.redis_cli(&["TTL", key]).parse().unwrap_or(-3);
+        if key.ends_with(":cursors") {
+            assert!(ttl > 0, "{key} must expire (offline.ttl_secs), TTL {ttl}");
+        } else {
+            assert_eq!(ttl, -1, "{key} is documented without expiry");
+        }
+    }
+    // The documented redis-cli reads work.
+    let members = cluster.redis_cli(&["SMEMBERS", "chat:room:r1:members"]);
+    let mut members: Vec<&str> = members.lines().collect();
+    members.sort();
+    assert_eq!(members, vec!["ann", "bob"]);
+    assert_eq!(
+        cluster.redis_cli(&["ZRANGE", "chat:room:r1:online", "0", "-1"]),
+        "ann"
+    );
+    let log = cluster.redis_cli(&["ZRANGE", "chat:room:r1:log", "0", "-1"]);
+    let first: Value = chat_tests::serde_json::from_str(log.lines().next().unwrap_or("{}"))
+        .expect("log entries are JSON");
+    assert_eq!(first["content"], "hello");
+    let cursor = cluster.redis_cli(&["HGET", "chat:user:bob:cursors", "r1"]);
+    assert_eq!(cursor, "1");
+}
+
+#[tokio::test]
+async fn a_custom_prefix_keeps_clusters_apart() {
+    let cluster = Cluster::start(&[("CHAT__REDIS__PREFIX", "blue:")]).await;
+    let mut ann = cluster.client(0, "ann").await;
+    ann.login("r", "ann", "Ann").await;
+    ann.post_and_wait("r", "x").await;
+    let keys = cluster.redis_cli(&["--scan", "--pattern", "*"]);
+    assert!(!keys.is_empty());
+    assert!(keys.lines().all(|k| k.starts_with("blue:")), "{keys}");
+}
