@@ -93,6 +93,32 @@ pub fn fresh_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// A [`fresh_dir`] that is removed when dropped, unless the test is failing (then it is kept for
+/// inspection and its path printed).
+pub struct TestDir(PathBuf);
+
+impl TestDir {
+    /// A fresh, empty directory.
+    pub fn new(label: &str) -> TestDir {
+        TestDir(fresh_dir(label))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test files kept in {}", self.0.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// A loopback port that was free a moment ago (bound to port 0, then released). Another process
 /// may take it before it is used; [`Gateway::start`] retries with a new port when the bind fails.
 pub fn free_port() -> u16 {

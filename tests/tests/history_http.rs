@@ -212,8 +212,8 @@ async fn history_paging() {
 
 #[tokio::test]
 async fn config_file_flag() {
-    let dir = chat_tests::fresh_dir("config");
-    let file = dir.join("custom.toml");
+    let dir = chat_tests::TestDir::new("config");
+    let file = dir.path().join("custom.toml");
     std::fs::write(
         &file,
         "# test overrides\n[history]\nper_room = 5\n\n[limits]\nmax_content_bytes = 50\n",
@@ -247,10 +247,10 @@ async fn config_file_flag() {
 
 #[tokio::test]
 async fn bad_configuration_is_refused() {
-    let dir = chat_tests::fresh_dir("bad-config");
-    let unknown_key = dir.join("unknown.toml");
+    let dir = chat_tests::TestDir::new("bad-config");
+    let unknown_key = dir.path().join("unknown.toml");
     std::fs::write(&unknown_key, "[history]\nper_rooom = 5\n").expect("write");
-    let zero = dir.join("zero.toml");
+    let zero = dir.path().join("zero.toml");
     std::fs::write(&zero, "[history]\nper_room = 0\n").expect("write");
     type Run = (Vec<String>, Vec<(&'static str, &'static str)>);
     let runs: [Run; 4] = [
@@ -262,7 +262,7 @@ async fn bad_configuration_is_refused() {
         (
             vec![
                 "--config".into(),
-                dir.join("missing.toml").display().to_string(),
+                dir.path().join("missing.toml").display().to_string(),
             ],
             vec![],
         ),
