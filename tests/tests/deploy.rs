@@ -22,7 +22,14 @@ struct LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        chat_tests::send_signal(self.child.id(), "TERM");
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // Not `send_signal`: a panic in drop during a failing test would abort the process.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         for _ in 0..100 {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
@@ -186,22 +193,31 @@ async fn local_cluster_behind_nginx_is_one_chat_server() {
     }
 
     // Stopping the script stops everything it started: sessions get 1012, ports are released.
+    let mut cluster = cluster;
     chat_tests::send_signal(cluster.child.id(), "TERM");
-    let code = clients[0]
-        .expect_close_within(Duration::from_secs(20))
-        .await;
+    let code = poster.expect_close_within(Duration::from_secs(20)).await;
     assert!(matches!(code, Some(1012) | None), "close code {code:?}");
-    let port = cluster.port;
-    let released = wait_until(Duration::from_secs(20), || async move {
-        (0..4).all(|i| TcpListener::bind(("127.0.0.1", port + i)).is_ok())
-    })
-    .await;
+    let mut exited = None;
+    for _ in 0..200 {
+        exited = cluster.child.try_wait().expect("script status");
+        if exited.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = read_to_string(&cluster.log);
     assert!(
-        released,
-        "ports still in use after stop:\n{}",
-        read_to_string(&cluster.log)
+        exited.is_some(),
+        "local-cluster did not exit on SIGTERM:\n{log}"
     );
-    assert!(read_to_string(&cluster.log).contains("local-cluster: stopped"));
+    assert!(log.contains("local-cluster: stopped"), "{log}");
+    for i in 0..4 {
+        assert!(
+            TcpListener::bind(("127.0.0.1", cluster.port + i)).is_ok(),
+            "port {} still in use after the script stopped:\n{log}",
+            cluster.port + i
+        );
+    }
 }
 
 /// The values `deploy/local-cluster` uses by default, as they appear in docker-compose.yml.

@@ -117,9 +117,10 @@ async fn messages(
         }
     };
     let max = node.settings.history.max_page;
-    let limit = match query.get("limit").map(|s| s.parse::<u32>()) {
+    // Like the `history` event: a large limit is clamped to the page size, not refused.
+    let limit = match query.get("limit").map(|s| s.parse::<u64>()) {
         None => DEFAULT_HISTORY_PAGE.min(max),
-        Some(Ok(n)) if n > 0 => n.min(max),
+        Some(Ok(n)) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX).min(max),
         Some(_) => {
             return api_error(
                 StatusCode::BAD_REQUEST,

@@ -366,35 +366,26 @@ impl Session {
             tracing::warn!(user = %user.id, error = %e, "could not read the inbox cursor");
             Some(attached.last)
         });
+        // Everything in an inbox is addressed to its owner, so without a cursor (never connected,
+        // or away longer than the cursor TTL) it all counts as missed, within the replay bounds.
+        let after = cursor.map_or(0, |c| if c > attached.last { 0 } else { c });
         let mut progress = Progress::default();
-        match cursor.map(|c| if c > attached.last { 0 } else { c }) {
-            Some(after) if after < attached.last => {
-                let max = node.settings.offline.max_per_room;
-                match node
-                    .store
-                    .range(&key, after, attached.last, max, node.replay_min_ts())
-                    .await
-                {
-                    Ok(messages) => {
-                        for mut message in messages {
-                            message.replay = true;
-                            progress.delivered = progress.delivered.max(message.seq);
-                            self.reply(&ServerFrame::Message(message));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(user = %user.id, error = %e, "could not load missed direct messages")
+        if after < attached.last {
+            let max = node.settings.offline.max_per_room;
+            match node
+                .store
+                .range(&key, after, attached.last, max, node.replay_min_ts())
+                .await
+            {
+                Ok(messages) => {
+                    for mut message in messages {
+                        message.replay = true;
+                        progress.delivered = progress.delivered.max(message.seq);
+                        self.reply(&ServerFrame::Message(message));
                     }
                 }
-            }
-            Some(_) => {}
-            None => {
-                if let Err(e) = node
-                    .store
-                    .advance_cursor(&user.id, &key, attached.last)
-                    .await
-                {
-                    tracing::debug!(error = %e, "could not store the initial inbox cursor");
+                Err(e) => {
+                    tracing::warn!(user = %user.id, error = %e, "could not load missed direct messages")
                 }
             }
         }
@@ -513,6 +504,9 @@ impl Session {
         let Some(progress) = progress else {
             return Ok(());
         };
+        // An ack can only vouch for what this connection was given: a larger one (a buggy or
+        // hostile client) would move the cursor past messages the user never saw.
+        let seq = seq.min(progress.delivered);
         progress.acked = Some(progress.acked.unwrap_or(0).max(seq));
         let due = progress
             .last_ack_write
