@@ -48,9 +48,10 @@ struct Args {
     /// Measured duration in seconds (at most 600).
     #[arg(long, default_value_t = 10)]
     secs: u64,
-    /// Gateway process id, to read its memory (idle mode).
+    /// Gateway process ids (repeat for a cluster): idle mode reads their memory, fan-out mode their
+    /// CPU time, from /proc.
     #[arg(long)]
-    pid: Option<u32>,
+    pid: Vec<u32>,
     /// Prefix of room ids, so runs do not share rooms.
     #[arg(long, default_value = "bench")]
     room_prefix: String,
@@ -168,6 +169,7 @@ async fn open_all(args: &Args) -> Vec<(Socket, String)> {
 async fn fanout(args: &Args, secs: u64) {
     let started = Instant::now();
     let sockets = open_all(args).await;
+    let cpu_before: Option<u64> = args.pid.iter().map(|p| cpu_ticks(*p)).sum();
     eprintln!(
         "{} clients joined {} rooms in {:.1?}",
         sockets.len(),
@@ -229,6 +231,7 @@ async fn fanout(args: &Args, secs: u64) {
     for task in tasks {
         let _ = task.await;
     }
+    let cpu_after: Option<u64> = args.pid.iter().map(|p| cpu_ticks(*p)).sum();
     let h = histogram.lock().await;
     let sent = totals.sent.load(Ordering::Relaxed);
     let received = totals.received.load(Ordering::Relaxed);
@@ -244,6 +247,14 @@ async fn fanout(args: &Args, secs: u64) {
         totals.errors.load(Ordering::Relaxed)
     );
     println!("deliveries/s={:.0}", received as f64 / secs as f64);
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        // /proc reports clock ticks; USER_HZ is 100 on Linux.
+        let cpu_ms = after.saturating_sub(before) * 10;
+        println!(
+            "gateway_cpu_ms={cpu_ms} cpu_us_per_delivery={:.2}",
+            cpu_ms as f64 * 1000.0 / received.max(1) as f64
+        );
+    }
     println!(
         "latency_ms p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2}",
         h.value_at_quantile(0.50) as f64 / 1000.0,
@@ -252,6 +263,17 @@ async fn fanout(args: &Args, secs: u64) {
         h.value_at_quantile(0.999) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     );
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after its closing parenthesis are plain.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -266,17 +288,17 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 async fn idle(args: &Args, secs: u64) {
-    let before = args.pid.and_then(rss_kib);
+    let before: Option<u64> = args.pid.iter().map(|p| rss_kib(*p)).sum();
     let sockets = open_all(args).await;
     tokio::time::sleep(Duration::from_secs(secs.min(5))).await;
-    let after = args.pid.and_then(rss_kib);
+    let after: Option<u64> = args.pid.iter().map(|p| rss_kib(*p)).sum();
     println!("mode=idle clients={} rooms={}", sockets.len(), args.rooms);
     match (before, after) {
         (Some(b), Some(a)) => println!(
             "gateway_rss_kib before={b} after={a} per_connection_kib={:.2}",
             (a.saturating_sub(b)) as f64 / sockets.len().max(1) as f64
         ),
-        _ => println!("gateway_rss_kib unknown (pass --pid of a local gateway)"),
+        _ => println!("gateway_rss_kib unknown (pass --pid of each local gateway)"),
     }
     drop(sockets);
 }
