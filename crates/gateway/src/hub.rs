@@ -481,7 +481,8 @@ impl Hub {
                 frame,
             } => {
                 if self.on_message(&stream, message, frame) {
-                    self.sync_stream(&stream).await;
+                    // A failure leaves the stream marked; the retry tick tries again.
+                    let _ = self.sync_stream(&stream).await;
                 }
             }
             BrokerEvent::Notice { notice, frame } => {
@@ -575,19 +576,32 @@ impl Hub {
                 .map(|(k, _)| k.clone())
                 .collect()
         };
-        for key in keys {
-            self.sync_stream(&key).await;
+        let mut keys = keys.into_iter();
+        while let Some(key) = keys.next() {
+            if let Err(BackendError::Unavailable(_)) = self.sync_stream(&key).await {
+                // The backend is down: every other stream would wait out its own timeout too,
+                // holding up the pump long after the backend is back. Try again next round.
+                let mut state = self.lock();
+                for rest in keys.by_ref() {
+                    if let Some(stream) = state.streams.get_mut(&rest) {
+                        stream.needs_sync = true;
+                    }
+                }
+            }
         }
     }
 
     /// Brings a stream up to the store's head: fetches and delivers whatever this node missed.
-    async fn sync_stream(&self, key: &StreamKey) {
-        if let Err(e) = self.try_sync_stream(key).await {
+    /// On failure the stream stays marked for the next round.
+    async fn sync_stream(&self, key: &StreamKey) -> Result<(), BackendError> {
+        let result = self.try_sync_stream(key).await;
+        if let Err(e) = &result {
             tracing::warn!(stream = ?key, error = %e, "stream sync failed; retrying");
             if let Some(stream) = self.lock().streams.get_mut(key) {
                 stream.needs_sync = true;
             }
         }
+        result
     }
 
     async fn try_sync_stream(&self, key: &StreamKey) -> Result<(), BackendError> {
