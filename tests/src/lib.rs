@@ -775,7 +775,7 @@ pub struct Client {
 impl Client {
     /// Connects to `url` (a `ws://` URL), within [`default_timeout`].
     pub async fn connect(url: &str) -> Client {
-        let connecting = tokio_tungstenite::connect_async(url);
+        let connecting = tokio_tungstenite::connect_async_with_config(url, None, true);
         let (ws, _) = tokio::time::timeout(default_timeout(), connecting)
             .await
             .unwrap_or_else(|_| panic!("connecting to {url} timed out"))

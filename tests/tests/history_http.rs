@@ -185,7 +185,10 @@ async fn history_paging() {
         (format!("{base}?limit=0"), ErrorCode::BadField),
         (format!("{base}?limit=-1"), ErrorCode::BadField),
         (format!("{base}?limit=ten"), ErrorCode::BadField),
-        (format!("{base}?limit=999999999999999999999"), ErrorCode::BadField),
+        (
+            format!("{base}?limit=999999999999999999999"),
+            ErrorCode::BadField,
+        ),
         ("/api/rooms/a%20b/messages".to_owned(), ErrorCode::InvalidId),
         (
             "/api/rooms/%C3%A9/messages".to_owned(),

@@ -72,18 +72,20 @@ async fn main() {
 
     let mut backoff = Duration::from_millis(250);
     loop {
-        let socket = match tokio_tungstenite::connect_async(args.url.as_str()).await {
-            Ok((socket, _)) => socket,
-            Err(e) => {
-                eprintln!(
-                    "* cannot connect to {}: {e}; retrying in {backoff:?}",
-                    args.url
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                continue;
-            }
-        };
+        let socket =
+            match tokio_tungstenite::connect_async_with_config(args.url.as_str(), None, true).await
+            {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    eprintln!(
+                        "* cannot connect to {}: {e}; retrying in {backoff:?}",
+                        args.url
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
         backoff = Duration::from_millis(250);
         eprintln!(
             "* connected to {} as {} — current room: {current} (type /help)",

@@ -22,6 +22,7 @@ pub mod ws;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use chat_backend::Backend;
 use chat_backend::memory::{self, MemoryConfig};
 use tokio::net::TcpListener;
@@ -106,6 +107,12 @@ pub async fn run(
         addr = %listener.local_addr()?,
         "chat gateway listening"
     );
+    // Chat frames are small and latency-bound: never let Nagle hold one back waiting for an ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, http::router(node.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;

@@ -116,7 +116,7 @@ type Socket =
 
 async fn connect_and_login(args: &Args, i: usize) -> Result<(Socket, String), String> {
     let url = &args.url[i % args.url.len()];
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
         .await
         .map_err(|e| format!("connect {url}: {e}"))?;
     let room = format!("{}-{}", args.room_prefix, i % args.rooms.max(1));
