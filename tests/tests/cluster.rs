@@ -480,3 +480,96 @@ async fn a_custom_prefix_keeps_clusters_apart() {
     assert!(!keys.is_empty());
     assert!(keys.lines().all(|k| k.starts_with("blue:")), "{keys}");
 }
+
+#[tokio::test]
+async fn nodes_subscribe_to_a_room_only_while_they_have_members_there() {
+    let cluster = Cluster::start(&[]).await;
+    let numsub = |channel: &str| {
+        let out = cluster.redis_cli(&["PUBSUB", "NUMSUB", channel]);
+        out.lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(u32::MAX)
+    };
+    let mut ann = cluster.client(0, "ann").await;
+    ann.login("lounge", "ann", "Ann").await;
+    assert_eq!(numsub("chat:room:lounge"), 1);
+    assert_eq!(
+        numsub("chat:user:ann"),
+        1,
+        "the inbox channel of a connected user"
+    );
+    let mut bob = cluster.client(1, "bob").await;
+    bob.login("lounge", "bob", "Bob").await;
+    let mut bob2 = cluster.client(1, "bob on the same node").await;
+    bob2.login("lounge", "bob", "Bob").await;
+    assert_eq!(
+        numsub("chat:room:lounge"),
+        2,
+        "one subscription per node, not per connection"
+    );
+    assert_eq!(
+        cluster.redis_cli(&["PUBSUB", "CHANNELS", "chat:room:*"]),
+        "chat:room:lounge"
+    );
+
+    bob.close().await;
+    bob2.close().await;
+    let unsubscribed = wait_until(Duration::from_secs(10), || async {
+        numsub("chat:room:lounge") == 1
+    })
+    .await;
+    assert!(
+        unsubscribed,
+        "node 2 keeps its subscription after its last member left"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            numsub("chat:user:bob") == 0
+        })
+        .await
+    );
+    ann.send_json(json!({"event":"logout","roomId":"lounge"}))
+        .await;
+    let empty = wait_until(Duration::from_secs(10), || async {
+        numsub("chat:room:lounge") == 0
+    })
+    .await;
+    assert!(empty, "no node needs the room any more");
+}
+
+#[tokio::test]
+async fn offline_replay_is_bounded_per_user_and_room() {
+    let cluster = Cluster::start(&[("CHAT__OFFLINE__MAX_PER_ROOM", "3")]).await;
+    let mut ann = cluster.client(0, "ann").await;
+    ann.login("r", "ann", "Ann").await;
+    let mut bob = cluster.client(1, "bob").await;
+    bob.login("r", "bob", "Bob").await;
+    ann.post_and_wait("r", "seen").await;
+    bob.recv_message_in("r").await;
+    bob.close().await;
+    ann.recv_logout_of("r", "bob").await;
+    for i in 2..=7 {
+        ann.post_and_wait("r", &format!("m{i}")).await;
+    }
+    let mut bob = cluster.client(2, "bob again").await;
+    let (joined, replayed) = bob
+        .login_replay(json!({"event":"login","roomId":"r","userId":"bob","userName":"Bob"}))
+        .await;
+    assert_eq!((joined.seq, joined.replayed), (7, 3));
+    assert_eq!(
+        seqs(&replayed),
+        vec![5, 6, 7],
+        "the newest of what was missed"
+    );
+    // The rest is still in history.
+    bob.send_json(json!({"event":"history","roomId":"r","before":5}))
+        .await;
+    let page = bob
+        .recv_match("history", |f| match f {
+            ServerFrame::History(h) => Some(h.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(seqs(&page.messages), vec![1, 2, 3, 4]);
+}
