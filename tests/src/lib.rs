@@ -540,6 +540,15 @@ impl RedisServer {
         panic!("redis-server could not start; see {}", dir.display());
     }
 
+    /// Starts `redis-server` on `port` (a node under test may already be trying to reach it).
+    pub async fn start_on_port(port: u16) -> RedisServer {
+        let dir = fresh_dir("redis");
+        match Self::start_on(&dir, port).await {
+            Some(server) => server,
+            None => panic!("redis-server could not start on port {port}"),
+        }
+    }
+
     async fn start_on(dir: &Path, port: u16) -> Option<RedisServer> {
         let bin = std::env::var_os("REDIS_SERVER_BIN").unwrap_or_else(|| "redis-server".into());
         let mut command = Command::new(bin);

@@ -573,3 +573,41 @@ async fn offline_replay_is_bounded_per_user_and_room() {
         .await;
     assert_eq!(seqs(&page.messages), vec![1, 2, 3, 4]);
 }
+
+#[tokio::test]
+async fn a_gateway_started_before_redis_serves_and_becomes_ready_when_redis_appears() {
+    let port = chat_tests::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let gw = Gateway::start(&[
+        ("CHAT__REDIS__URL", url.as_str()),
+        ("CHAT__REDIS__COMMAND_TIMEOUT_MS", "500"),
+    ])
+    .await;
+    assert_eq!(
+        gw.get("/readyz").await.status,
+        503,
+        "not ready without Redis"
+    );
+    let mut ann = gw.client().await.named("ann");
+    ann.send_json(json!({"event":"login","roomId":"r","userId":"ann","userName":"Ann"}))
+        .await;
+    let error = ann.recv_error().await;
+    assert_eq!(
+        (error.code, error.retriable),
+        (ErrorCode::Unavailable, true)
+    );
+
+    let _redis = RedisServer::start_on_port(port).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            gw.get("/readyz").await.status == 200
+        })
+        .await,
+        "{}",
+        gw.log_tail(30)
+    );
+    // The same connection now works, live delivery included.
+    ann.login("r", "ann", "Ann").await;
+    ann.post_and_wait("r", "finally").await;
+    assert_eq!(ann.recv_message_in("r").await.content, "finally");
+}

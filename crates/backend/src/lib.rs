@@ -33,6 +33,10 @@ pub enum BackendError {
     /// The backend answered with data this version cannot read (a corrupted or foreign key).
     #[error("backend returned unreadable data: {0}")]
     Corrupt(String),
+    /// The backend's settings are wrong (a malformed URL, an impossible value). Retrying cannot
+    /// help; only raised when opening a backend.
+    #[error("invalid backend configuration: {0}")]
+    Config(String),
 }
 
 /// Result of backend calls.
@@ -123,6 +127,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Publishes a `login`/`logout` notice to every node subscribed to the room.
     async fn publish_notice(&self, notice: &Notice) -> Result<()>;
+
+    /// Checks live traffic can flow: the broker is connected and subscriptions work (for
+    /// `/readyz`). A reconnecting broker is not ready even when the store answers.
+    async fn ready(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A backend ready to use: the two halves and the queue of incoming events.

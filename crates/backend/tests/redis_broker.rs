@@ -331,8 +331,9 @@ async fn frozen_redis_times_out_instead_of_hanging_then_recovers() {
 }
 
 #[tokio::test]
-async fn open_fails_fast_without_redis_and_rejects_bad_config() {
+async fn opens_without_redis_and_connects_when_it_appears_but_rejects_bad_config() {
     bounded(async {
+        // No Redis on this port yet: the backend opens anyway, fast, and reports Unavailable.
         let port = free_port();
         let mut cfg = chat_backend::redis_backend::RedisConfig {
             url: format!("redis://127.0.0.1:{port}/"),
@@ -340,25 +341,54 @@ async fn open_fails_fast_without_redis_and_rejects_bad_config() {
             ..Default::default()
         };
         let t = Instant::now();
-        let res = chat_backend::redis_backend::open(cfg.clone()).await;
-        assert!(
-            matches!(res, Err(BackendError::Unavailable(_))),
-            "open without Redis"
-        );
+        let mut backend = chat_backend::redis_backend::open(cfg.clone())
+            .await
+            .expect("open without Redis");
         assert!(t.elapsed() < FAIL_FAST, "open took {:?}", t.elapsed());
+        let t = Instant::now();
+        assert!(matches!(
+            backend.store.ping().await,
+            Err(BackendError::Unavailable(_))
+        ));
+        assert!(matches!(
+            backend.broker.subscribe(&StreamKey::Room(room("r"))).await,
+            Err(BackendError::Unavailable(_))
+        ));
+        assert!(t.elapsed() < FAIL_FAST, "calls took {:?}", t.elapsed());
 
-        let server = RedisServer::start();
+        // Redis appears: commands work, and the pub/sub connection comes up by itself.
+        let server = RedisServer::start_on(port);
+        expect_event(&mut backend.events, "Resubscribed", |e| {
+            matches!(e, BrokerEvent::Resubscribed).then_some(())
+        })
+        .await;
+        eventually("ping", || async { backend.store.ping().await.ok() }).await;
+        let stream = StreamKey::Room(room("r"));
+        backend.broker.subscribe(&stream).await.expect("subscribe");
+        let posted = backend
+            .store
+            .post(&room("r"), &draft("ann", "hi"))
+            .await
+            .expect("post");
+        let seq = expect_event(&mut backend.events, "the post", |e| match e {
+            BrokerEvent::Message { message, .. } => Some(message.seq),
+            _ => None,
+        })
+        .await;
+        assert_eq!(seq, posted.seq);
+
+        // A wrong setting is a configuration error, not something to retry.
         cfg.url = server.url();
         cfg.node_id = "bad|node".into();
-        assert!(
-            chat_backend::redis_backend::open(cfg.clone())
-                .await
-                .is_err()
-        );
-        cfg.node_id = "good-node".into();
-        let backend = chat_backend::redis_backend::open(cfg).await.expect("open");
-        assert_eq!(backend.kind, "redis");
-        backend.store.ping().await.expect("ping");
+        assert!(matches!(
+            chat_backend::redis_backend::open(cfg.clone()).await,
+            Err(BackendError::Config(_))
+        ));
+        cfg.url = "notaurl".into();
+        assert!(matches!(
+            chat_backend::redis_backend::open(cfg).await,
+            Err(BackendError::Config(_))
+        ));
     })
     .await;
 }

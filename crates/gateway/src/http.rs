@@ -7,7 +7,7 @@
 //! | `GET /api/rooms/{id}/messages?before=&limit=` | `{"roomId","epoch","messages":[...]}` |
 //! | `GET /api/node` | `{"node","backend","connections"}`: which node answered, and its load |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when the backend answers and the node is not shutting down, else 503 |
+//! | `GET /readyz` | 200 when the store and the broker answer and the node is not shutting down, else 503 |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,8 +71,8 @@ fn backend_error(e: BackendError) -> Response {
             ErrorCode::Unavailable,
             "backend unavailable; retry later",
         ),
-        BackendError::Corrupt(detail) => {
-            tracing::error!(%detail, "backend returned unreadable data");
+        BackendError::Corrupt(detail) | BackendError::Config(detail) => {
+            tracing::error!(%detail, "backend failed");
             api_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::Internal,
@@ -153,7 +153,11 @@ async fn ready(State(node): State<Arc<Node>>) -> Response {
     if node.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    match node.store.ping().await {
+    let ready = match node.store.ping().await {
+        Ok(()) => node.broker.ready().await,
+        Err(e) => Err(e),
+    };
+    match ready {
         Ok(()) => (
             StatusCode::OK,
             format!("ready ({} backend)\n", node.backend_kind),

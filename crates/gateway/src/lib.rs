@@ -34,13 +34,10 @@ use crate::node::Node;
 /// Errors that stop a node from starting.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Opens the backend the settings ask for: the embedded one when `redis.url` is empty, else Redis,
-/// retrying until it answers or `shutdown` fires.
-pub async fn open_backend(
-    settings: &Settings,
-    node_id: &str,
-    shutdown: &CancellationToken,
-) -> Result<Backend, BoxError> {
+/// Opens the backend the settings ask for: the embedded one when `redis.url` is empty, else Redis.
+/// Redis need not be up yet (the node serves and reports not ready until it is); a configuration
+/// error fails at once.
+pub async fn open_backend(settings: &Settings, node_id: &str) -> Result<Backend, BoxError> {
     if settings.redis.url.is_empty() {
         return Ok(memory::open(MemoryConfig {
             history_per_room: settings.history.per_room,
@@ -56,18 +53,7 @@ pub async fn open_backend(
         pool_size: settings.redis.pool_size,
         command_timeout_ms: settings.redis.command_timeout_ms,
     };
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match chat_backend::redis_backend::open(config.clone()).await {
-            Ok(backend) => return Ok(backend),
-            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "redis is not reachable yet"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err("shut down before redis became reachable".into()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    Ok(chat_backend::redis_backend::open(config).await?)
 }
 
 /// Serves HTTP and WebSocket on `listener` until `shutdown` is cancelled, then closes sessions
@@ -82,7 +68,7 @@ pub async fn run(
     } else {
         settings.server.node_id.clone()
     };
-    let backend = open_backend(&settings, &node_id, &shutdown).await?;
+    let backend = open_backend(&settings, &node_id).await?;
     let Backend {
         store,
         broker,

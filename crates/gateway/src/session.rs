@@ -71,13 +71,14 @@ pub struct Session {
 }
 
 fn unavailable(e: BackendError) -> ProtocolError {
+    tracing::debug!(error = %e, "backend call failed");
     match e {
         BackendError::Unavailable(_) => ProtocolError::new(
             ErrorCode::Unavailable,
             "the chat backend is unavailable; send it again later",
         ),
-        BackendError::Corrupt(detail) => {
-            tracing::error!(%detail, "backend returned unreadable data");
+        BackendError::Corrupt(detail) | BackendError::Config(detail) => {
+            tracing::error!(%detail, "backend failed");
             ProtocolError::new(ErrorCode::Internal, "internal error; nothing was stored")
         }
     }

@@ -67,16 +67,23 @@ impl RedisBroker {
         events: mpsc::Sender<BrokerEvent>,
     ) -> Result<Self> {
         let timeout = redis.timeout;
-        let (sink, stream) = connect(&client, timeout).await?;
+        // Redis may be down at startup: then the reader task connects when it can.
+        let connection = match connect(&client, timeout).await {
+            Ok(connection) => Some(connection),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis pub/sub not reachable yet; retrying in the background");
+                None
+            }
+        };
         let shared = Arc::new(Shared {
             client,
             timeout,
             state: Mutex::new(SubState {
                 channels: BTreeSet::new(),
-                sink: Some(sink.clone()),
+                sink: connection.as_ref().map(|(sink, _)| sink.clone()),
             }),
         });
-        tokio::spawn(run(shared.clone(), keys.clone(), events, sink, stream));
+        tokio::spawn(run(shared.clone(), keys.clone(), events, connection));
         Ok(RedisBroker {
             redis,
             keys,
@@ -97,31 +104,33 @@ async fn connect(client: &redis::Client, timeout: Duration) -> Result<(PubSubSin
 }
 
 /// The reader task: delivers messages, and reconnects and resubscribes whenever the connection
-/// is lost. Ends when the event queue's receiver is dropped (the node is shutting down).
+/// is lost (or, with `connection` `None`, first connects). Ends when the event queue's receiver
+/// is dropped (the node is shutting down).
 async fn run(
     shared: Arc<Shared>,
     keys: Keys,
     events: mpsc::Sender<BrokerEvent>,
-    mut sink: PubSubSink,
-    mut stream: PubSubStream,
+    mut connection: Option<(PubSubSink, PubSubStream)>,
 ) {
     loop {
+        let (mut sink, mut stream) = match connection.take() {
+            Some(connection) => connection,
+            None => {
+                let Some(connection) = reconnect(&shared, &events).await else {
+                    return;
+                };
+                if events.send(BrokerEvent::Resubscribed).await.is_err() {
+                    return;
+                }
+                connection
+            }
+        };
         let lost = read(&shared, &keys, &events, &mut sink, &mut stream).await;
         if !lost {
             return;
         }
         shared.state.lock().await.sink = None;
         tracing::warn!("redis pub/sub connection lost; reconnecting");
-        match reconnect(&shared, &events).await {
-            Some((new_sink, new_stream)) => {
-                sink = new_sink;
-                stream = new_stream;
-            }
-            None => return,
-        }
-        if events.send(BrokerEvent::Resubscribed).await.is_err() {
-            return;
-        }
     }
 }
 
@@ -336,5 +345,15 @@ impl Broker for RedisBroker {
         .arg(frame);
         super::reply::int(W, &self.redis.query(W, &cmd).await?)?;
         Ok(())
+    }
+
+    async fn ready(&self) -> Result<()> {
+        if self.shared.state.lock().await.sink.is_some() {
+            Ok(())
+        } else {
+            Err(BackendError::Unavailable(
+                "the pub/sub connection is reconnecting".to_owned(),
+            ))
+        }
     }
 }

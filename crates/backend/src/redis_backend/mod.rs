@@ -74,11 +74,7 @@ impl Default for RedisConfig {
 
 impl RedisConfig {
     fn validate(&self) -> Result<()> {
-        let bad = |why: &str| {
-            Err(BackendError::Unavailable(format!(
-                "invalid Redis config: {why}"
-            )))
-        };
+        let bad = |why: &str| Err(BackendError::Config(format!("redis: {why}")));
         if self.node_id.is_empty()
             || self.node_id.len() > 128
             || self.node_id.contains('|')
@@ -107,21 +103,23 @@ impl RedisConfig {
     }
 }
 
-/// Opens the Redis backend: builds the command pool, checks Redis answers, loads the scripts and
-/// opens the pub/sub connection.
+/// Opens the Redis backend: builds the command pool, loads the scripts and opens the pub/sub
+/// connection.
 ///
-/// Fails with [`BackendError::Unavailable`] when Redis cannot be reached now (the caller retries);
-/// once open, the backend survives any later outage on its own.
+/// Fails only with [`BackendError::Config`] (a malformed URL or setting). Redis itself may be
+/// down: calls then fail with [`BackendError::Unavailable`] until it answers, the pub/sub
+/// connection keeps trying in the background, and the backend recovers on its own — at startup
+/// as after any later outage.
 pub async fn open(config: RedisConfig) -> Result<Backend> {
     config.validate()?;
     let timeout = Duration::from_millis(config.command_timeout_ms);
     let client = redis::Client::open(config.url.as_str())
-        .map_err(|e| BackendError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        .map_err(|e| BackendError::Config(format!("invalid Redis URL: {e}")))?;
     let connection_config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
     let manager = Manager::new_with_config(config.url.as_str(), connection_config)
-        .map_err(|e| BackendError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        .map_err(|e| BackendError::Config(format!("invalid Redis URL: {e}")))?;
     let pool = Pool::builder(manager)
         .max_size(config.pool_size.max(1))
         .runtime(Runtime::Tokio1)
@@ -129,10 +127,12 @@ pub async fn open(config: RedisConfig) -> Result<Backend> {
         .create_timeout(Some(timeout))
         .recycle_timeout(Some(timeout))
         .build()
-        .map_err(|e| BackendError::Unavailable(format!("cannot build the Redis pool: {e}")))?;
+        .map_err(|e| BackendError::Config(format!("cannot build the Redis pool: {e}")))?;
     let redis = Redis { pool, timeout };
     let scripts = Scripts::new();
-    redis
+    // Preloading only saves the first calls a NOSCRIPT round trip (scripts load themselves on
+    // demand), so a Redis that is down at startup is not a reason to refuse to start.
+    let preloaded = redis
         .timed("load scripts", async {
             let mut conn = redis.conn().await?;
             for script in scripts.all() {
@@ -143,7 +143,10 @@ pub async fn open(config: RedisConfig) -> Result<Backend> {
             }
             Ok(())
         })
-        .await?;
+        .await;
+    if let Err(e) = preloaded {
+        tracing::warn!(error = %e, "redis is not reachable yet; the backend will connect when it is");
+    }
 
     let keys = Keys::new(&config.prefix);
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
