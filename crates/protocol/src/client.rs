@@ -641,3 +641,113 @@ mod tests {
         );
     }
 }
+
+/// Hostile input at volume: mutated and random frames must parse to a frame or an error, never
+/// panic, and whatever is accepted must satisfy the same invariants as hand-written input.
+#[cfg(test)]
+mod mutation_tests {
+    use super::*;
+
+    /// xorshift64*: deterministic, so a failure reproduces.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const SEEDS: &[&str] = &[
+        r#"{"event":"login","roomId":"lobby","userId":"u1","userName":"Ann","roomName":"L","since":3,"epoch":"e"}"#,
+        r#"{"event":"logout","roomId":7}"#,
+        r#"{"event":"message","roomId":"r","content":"hello","clientMsgId":"c1"}"#,
+        r#"{"event":"message","toUserId":"bob","content":"psst"}"#,
+        r#"{"roomId":1,"content":"legacy"}"#,
+        r#"{"event":"ack","roomId":"r","seq":9}"#,
+        r#"{"event":"ack","direct":true,"seq":9}"#,
+        r#"{"event":"history","roomId":"r","before":10,"limit":5}"#,
+        r#"{"event":"heartBeat","content":"ping"}"#,
+    ];
+
+    const ALPHABET: &[u8] = b"{}[]\":,0123456789-.eE aZ_|\\u\x00\xff\xc3\xa9truefalsenull";
+
+    fn mutate(rng: &mut Rng, seed: &str) -> Vec<u8> {
+        let mut bytes = seed.as_bytes().to_vec();
+        for _ in 0..=rng.below(4) {
+            let at = rng.below(bytes.len() + 1);
+            match rng.below(4) {
+                0 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                1 => bytes.insert(at, ALPHABET[rng.below(ALPHABET.len())]),
+                2 if at < bytes.len() => bytes[at] = ALPHABET[rng.below(ALPHABET.len())],
+                _ => bytes.truncate(at),
+            }
+        }
+        bytes
+    }
+
+    fn check_invariants(frame: &ClientFrame, limits: &Limits) {
+        match frame {
+            ClientFrame::Login(login) => {
+                assert!(crate::ids::validate_id(login.room_id.as_str()).is_ok());
+                assert!(crate::ids::validate_id(login.user_id.as_str()).is_ok());
+                assert!(!login.user_name.trim().is_empty());
+                assert!(login.user_name.chars().count() <= MAX_NAME_CHARS);
+            }
+            ClientFrame::Message(post) => {
+                assert!(!post.content.trim().is_empty());
+                assert!(post.content.len() <= limits.max_content_bytes);
+            }
+            ClientFrame::History(request) => {
+                assert!(request.limit >= 1 && request.limit <= limits.max_history_page);
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn mutated_frames_never_panic_and_accepted_ones_are_valid() {
+        let limits = Limits {
+            max_content_bytes: 16,
+            max_history_page: 50,
+        };
+        let mut rng = Rng(0x5EED_1234_ABCD_0001);
+        let (mut accepted, mut refused) = (0, 0);
+        for i in 0..60_000 {
+            let seed = SEEDS[i % SEEDS.len()];
+            let bytes = mutate(&mut rng, seed);
+            // The socket layer hands over only valid UTF-8 text frames.
+            let Ok(text) = String::from_utf8(bytes) else {
+                continue;
+            };
+            match parse_client_frame(&text, &limits) {
+                Ok(frame) => {
+                    check_invariants(&frame, &limits);
+                    accepted += 1;
+                }
+                Err(e) => {
+                    assert!(!e.message.is_empty());
+                    assert!(
+                        e.message.len() < 300,
+                        "error messages stay short: {}",
+                        e.message
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        // Both paths were exercised.
+        assert!(
+            accepted > 1_000 && refused > 1_000,
+            "accepted {accepted}, refused {refused}"
+        );
+    }
+}
