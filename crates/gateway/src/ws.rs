@@ -80,8 +80,9 @@ async fn run(
                 Err(_) => return Ending::Close(close::SLOW_CONSUMER, "write timed out"),
             }
         }
+        // Unbiased on purpose: a busy room must not starve reading the client (its pongs keep it
+        // alive), and a chatty client must not starve its own deliveries.
         tokio::select! {
-            biased;
             code = conn.killed() => return Ending::Close(code, "slow consumer"),
             _ = node.shutdown.cancelled() => return Ending::Close(close::SERVICE_RESTART, "server restarting"),
             item = rx.recv() => {
