@@ -285,7 +285,12 @@ async fn restarting_redis_under_connected_clients_recovers_without_gaps() {
     assert_ne!(got[0].epoch, old_epoch, "the recreated log has a new epoch");
     assert_eq!(contents(&got)[0], "after 0");
 
-    // Presence and membership of the connected users come back by themselves.
+    // Presence and membership of the connected users come back by themselves, announced.
+    let back = bob.recv_login_of("r", "ann").await;
+    assert_eq!(
+        back.user_name, "Ann",
+        "the display name survives in the node's memory"
+    );
     let node = &cluster.nodes[2];
     assert!(
         wait_until(Duration::from_secs(15), || async {

@@ -58,10 +58,11 @@ pub trait Store: Send + Sync + 'static {
     /// Their cursor for the room is dropped.
     async fn leave(&self, room: &RoomId, user: &UserId) -> Result<Counts>;
 
-    /// Keeps this node's presence entries alive (they expire after the presence TTL otherwise, which
-    /// is how a killed node's users disappear). `entries` are all (room, user) pairs that have a
-    /// live connection on this node.
-    async fn refresh_presence(&self, entries: &[(RoomId, UserId)]) -> Result<()>;
+    /// Keeps this node's presence entries alive (they expire after the presence lease otherwise,
+    /// which is how a killed node's users disappear). `entries` are all (room, user) pairs that
+    /// have a live connection on this node. Returns the users this put back online after they had
+    /// been reaped or lost, so the caller can announce them.
+    async fn refresh_presence(&self, entries: &[PresenceEntry]) -> Result<Vec<Revived>>;
 
     /// Removes users of `room` whose presence expired (their node died) and reports each one with
     /// the counts after its removal, so the caller can send `logout` notices. Safe to run on many

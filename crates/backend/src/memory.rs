@@ -15,8 +15,8 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::{
     Backend, Broker, BrokerEvent, Channel, Counts, DirectPosted, Draft, EVENT_QUEUE, Head,
-    JoinOutcome, JoinRequest, LeaveOutcome, Notice, Posted, Reaped, Result, RoomSummary, Store,
-    StreamKey,
+    JoinOutcome, JoinRequest, LeaveOutcome, Notice, Posted, PresenceEntry, Reaped, Result, Revived,
+    RoomSummary, Store, StreamKey,
 };
 
 /// Settings of the embedded backend.
@@ -232,9 +232,9 @@ impl Store for Shared {
         Ok(room.counts())
     }
 
-    async fn refresh_presence(&self, _entries: &[(RoomId, UserId)]) -> Result<()> {
+    async fn refresh_presence(&self, _entries: &[PresenceEntry]) -> Result<Vec<Revived>> {
         // One node, no TTLs: presence lives exactly as long as the process.
-        Ok(())
+        Ok(Vec::new())
     }
 
     async fn reap_presence(&self, _room: &RoomId) -> Result<Vec<Reaped>> {

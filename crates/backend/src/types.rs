@@ -71,6 +71,31 @@ pub struct LeaveOutcome {
     pub counts: Counts,
 }
 
+/// A (room, user) pair a node vouches for: the user has a live connection in the room there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEntry {
+    /// The room.
+    pub room: RoomId,
+    /// The user.
+    pub user: UserId,
+    /// Their display name (restored in the store if it was lost).
+    pub user_name: String,
+}
+
+/// A user a presence refresh put back online: their entry had been reaped (their node stalled
+/// past the lease) or lost (Redis lost its data), so the room saw them go and must see them return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revived {
+    /// The room.
+    pub room: RoomId,
+    /// The user.
+    pub user: UserId,
+    /// Their display name.
+    pub user_name: String,
+    /// Counts after the refresh.
+    pub counts: Counts,
+}
+
 /// A user removed from a room's presence because their node stopped refreshing it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reaped {

@@ -425,7 +425,7 @@ async fn presence_across_two_nodes() {
 
         // Refresh keeps presence alive and marks the node live.
         a.store
-            .refresh_presence(&[(r.clone(), ann.clone())])
+            .refresh_presence(&[entry(&r, &ann, "Ann")])
             .await
             .expect("refresh");
         let mut nodes = raw_strings(&server, &["ZRANGE", "chat:nodes", "0", "-1"]).await;
@@ -474,9 +474,7 @@ async fn expired_presence_is_reaped_exactly_once_when_a_node_stops_refreshing() 
         let (r2, bob2) = (r.clone(), bob.clone());
         let refresher = tokio::spawn(async move {
             loop {
-                let _ = b_store
-                    .refresh_presence(&[(r2.clone(), bob2.clone())])
-                    .await;
+                let _ = b_store.refresh_presence(&[entry(&r2, &bob2, "Bob")]).await;
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         });
@@ -509,6 +507,66 @@ async fn expired_presence_is_reaped_exactly_once_when_a_node_stops_refreshing() 
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].user, bob);
         assert_eq!(gone[0].counts, Counts { num: 0, total: 2 });
+
+        // Node a wakes up from its stall and refreshes ann: the refresh reports her back online
+        // (the room saw her reaped), once.
+        let back = a
+            .store
+            .refresh_presence(&[entry(&r, &ann, "Ann")])
+            .await
+            .expect("refresh");
+        assert_eq!(back.len(), 1, "{back:?}");
+        assert_eq!(
+            (&back[0].room, &back[0].user, back[0].user_name.as_str()),
+            (&r, &ann, "Ann")
+        );
+        assert_eq!(back[0].counts, Counts { num: 1, total: 2 });
+        let again = a
+            .store
+            .refresh_presence(&[entry(&r, &ann, "Ann")])
+            .await
+            .expect("refresh");
+        assert!(again.is_empty(), "{again:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refresh_restores_what_a_flush_lost_for_connected_users() {
+    bounded(async {
+        let server = RedisServer::start();
+        let a = open(config(&server, "node-a")).await;
+        let r = room("r");
+        let ann = user("ann");
+        a.store
+            .join(&JoinRequest {
+                room: &r,
+                user: &ann,
+                user_name: "Ann",
+                room_name: None,
+            })
+            .await
+            .expect("join");
+        raw(&server, &["FLUSHALL"]).await;
+        let back = a
+            .store
+            .refresh_presence(&[entry(&r, &ann, "Ann")])
+            .await
+            .expect("refresh");
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].counts, Counts { num: 1, total: 1 });
+        assert_eq!(
+            a.store.members(&r).await.expect("members"),
+            vec![ann.clone()]
+        );
+        assert_eq!(
+            raw_strings(&server, &["HGETALL", "chat:room:r:names"]).await,
+            vec!["ann".to_owned(), "Ann".to_owned()]
+        );
+        assert_eq!(
+            raw_strings(&server, &["SMEMBERS", "chat:rooms"]).await,
+            vec!["r".to_owned()]
+        );
     })
     .await;
 }

@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use chat_backend::{BackendError, Broker, BrokerEvent, Head, Notice, Store, StreamKey};
+use chat_backend::{
+    BackendError, Broker, BrokerEvent, Head, Notice, PresenceEntry, Store, StreamKey,
+};
 use chat_protocol::{ChatMessage, LogoutReason, RoomId, ServerFrame, UserId, close};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -147,8 +149,9 @@ struct LocalStream {
     /// Last seq delivered to this node's connections.
     last: u64,
     conns: HashMap<ConnId, AttachedConn>,
-    /// Local connections per user (for rooms: who is online through this node).
-    users: HashMap<UserId, usize>,
+    /// Local connections per user, with the user's display name (for rooms: who is online
+    /// through this node, as presence refreshes report it).
+    users: HashMap<UserId, (usize, String)>,
     /// Messages that arrived ahead of a gap, by seq.
     pending: BTreeMap<u64, (ChatMessage, Utf8Bytes)>,
     /// The stream must be compared with the store's head (gap seen, resubscribed, or fetch failed).
@@ -176,7 +179,7 @@ impl LocalStream {
         }
     }
 
-    fn add(&mut self, handle: &ConnHandle, user: &UserId) {
+    fn add(&mut self, handle: &ConnHandle, user: &UserId, user_name: &str) {
         let previous = self.conns.insert(
             handle.id,
             AttachedConn {
@@ -186,7 +189,10 @@ impl LocalStream {
             },
         );
         if previous.is_none() {
-            *self.users.entry(user.clone()).or_insert(0) += 1;
+            self.users
+                .entry(user.clone())
+                .or_insert_with(|| (0, user_name.to_owned()))
+                .0 += 1;
         }
     }
 
@@ -196,7 +202,7 @@ impl LocalStream {
             return false;
         };
         match self.users.get_mut(&conn.user) {
-            Some(n) if *n > 1 => {
+            Some((n, _)) if *n > 1 => {
                 *n -= 1;
                 false
             }
@@ -287,12 +293,13 @@ impl Hub {
         key: &StreamKey,
         conn: &ConnHandle,
         user: &UserId,
+        user_name: &str,
     ) -> Result<Attached, BackendError> {
-        if let Some(attached) = self.attach_if_ready(key, conn, user) {
+        if let Some(attached) = self.attach_if_ready(key, conn, user, user_name) {
             return Ok(attached);
         }
         let _transition = self.sub_lock.lock().await;
-        if let Some(attached) = self.attach_if_ready(key, conn, user) {
+        if let Some(attached) = self.attach_if_ready(key, conn, user, user_name) {
             return Ok(attached);
         }
         {
@@ -301,7 +308,7 @@ impl Hub {
                 .streams
                 .entry(key.clone())
                 .or_insert_with(|| LocalStream::new(key.clone()))
-                .add(conn, user);
+                .add(conn, user, user_name);
         }
         let subscribed = async {
             self.broker.subscribe(key).await?;
@@ -324,7 +331,7 @@ impl Hub {
                 stream.needs_sync = !stream.pending.is_empty();
                 if !stream.conns.contains_key(&conn.id) {
                     // Removed meanwhile (the user logged out from another connection).
-                    stream.add(conn, user);
+                    stream.add(conn, user, user_name);
                 }
                 return Ok(Attached {
                     epoch: stream.epoch.clone(),
@@ -352,10 +359,11 @@ impl Hub {
         key: &StreamKey,
         conn: &ConnHandle,
         user: &UserId,
+        user_name: &str,
     ) -> Option<Attached> {
         let mut state = self.lock();
         let stream = state.streams.get_mut(key).filter(|s| s.ready)?;
-        stream.add(conn, user);
+        stream.add(conn, user, user_name);
         Some(Attached {
             epoch: stream.epoch.clone(),
             last: stream.last,
@@ -417,15 +425,19 @@ impl Hub {
     }
 
     /// (room, user) pairs with a live connection on this node: the presence this node vouches for.
-    pub fn local_presence(&self) -> Vec<(RoomId, UserId)> {
+    pub fn local_presence(&self) -> Vec<PresenceEntry> {
         let state = self.lock();
-        let mut pairs = Vec::new();
+        let mut entries = Vec::new();
         for (key, stream) in &state.streams {
             if let StreamKey::Room(room) = key {
-                pairs.extend(stream.users.keys().map(|u| (room.clone(), u.clone())));
+                entries.extend(stream.users.iter().map(|(user, (_, name))| PresenceEntry {
+                    room: room.clone(),
+                    user: user.clone(),
+                    user_name: name.clone(),
+                }));
             }
         }
-        pairs
+        entries
     }
 
     /// Rooms this node is subscribed to.

@@ -30,9 +30,28 @@ pub async fn run(node: Arc<Node>) {
 
 async fn upkeep(node: &Node) {
     let entries = node.hub.local_presence();
-    if let Err(e) = node.store.refresh_presence(&entries).await {
-        tracing::warn!(error = %e, "could not refresh presence");
-        return;
+    let revived = match node.store.refresh_presence(&entries).await {
+        Ok(revived) => revived,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not refresh presence");
+            return;
+        }
+    };
+    for back in revived {
+        // The room saw this user go (reaped after a stall, or lost with Redis's data): tell it
+        // they are here after all.
+        tracing::info!(room = %back.room, user = %back.user, "presence restored by refresh");
+        let notice = Notice::Login(PresenceNotice {
+            room_id: back.room.clone(),
+            user_id: back.user,
+            user_name: back.user_name,
+            num: back.counts.num,
+            total: back.counts.total,
+            reason: None,
+        });
+        if let Err(e) = node.broker.publish_notice(&notice).await {
+            tracing::warn!(room = %back.room, error = %e, "could not publish a login notice");
+        }
     }
     for room in node.hub.local_rooms() {
         let reaped = match node.store.reap_presence(&room).await {

@@ -243,7 +243,11 @@ impl Session {
             }));
             return Ok(());
         }
-        let attached = match node.hub.attach(&key, &self.conn, &req.user_id).await {
+        let attached = match node
+            .hub
+            .attach(&key, &self.conn, &req.user_id, &req.user_name)
+            .await
+        {
             Ok(attached) => attached,
             Err(e) => {
                 // Undo the presence the join just recorded, unless another local connection of the
@@ -352,7 +356,11 @@ impl Session {
         };
         let node = self.node.clone();
         let key = StreamKey::Inbox(user.id.clone());
-        let attached = match node.hub.attach(&key, &self.conn, &user.id).await {
+        let attached = match node
+            .hub
+            .attach(&key, &self.conn, &user.id, &user.name)
+            .await
+        {
             Ok(attached) => attached,
             Err(e) => {
                 tracing::warn!(user = %user.id, error = %e, "could not attach the direct-message inbox");

@@ -27,7 +27,7 @@ async fn setup() -> Setup {
     let room = RoomId::new("r").expect("id");
     let key = StreamKey::Room(room.clone());
     let user = UserId::new("u").expect("id");
-    let attached = hub.attach(&key, &conn, &user).await.expect("attach");
+    let attached = hub.attach(&key, &conn, &user, "U").await.expect("attach");
     assert_eq!(attached.last, 0);
     hub.open_gate(&key, conn.id);
     Setup {
@@ -122,7 +122,7 @@ async fn a_gated_connection_gets_held_frames_after_its_replay_in_order() {
     s.hub.apply(events[0].clone()).await;
     let attached = s
         .hub
-        .attach(&s.key, &late, &UserId::new("v").expect("id"))
+        .attach(&s.key, &late, &UserId::new("v").expect("id"), "V")
         .await
         .expect("attach");
     assert_eq!(

@@ -18,7 +18,7 @@ use super::scripts::Scripts;
 use crate::memory::new_epoch;
 use crate::{
     BackendError, Counts, DirectPosted, Draft, Head, JoinOutcome, JoinRequest, LeaveOutcome,
-    Posted, Reaped, Result, RoomSummary, Store, StreamKey,
+    Posted, PresenceEntry, Reaped, Result, Revived, RoomSummary, Store, StreamKey,
 };
 
 /// Entries per `refresh_presence` script call: keeps each script short, so one node's refresh
@@ -239,30 +239,50 @@ impl Store for RedisStore {
         counts(W, &next(W, &mut it)?, &next(W, &mut it)?)
     }
 
-    async fn refresh_presence(&self, entries: &[(RoomId, UserId)]) -> Result<()> {
+    async fn refresh_presence(&self, entries: &[PresenceEntry]) -> Result<Vec<Revived>> {
         const W: &str = "refresh_presence";
         // An empty refresh still marks the node alive.
-        let chunks: Vec<&[(RoomId, UserId)]> = if entries.is_empty() {
+        let chunks: Vec<&[PresenceEntry]> = if entries.is_empty() {
             vec![entries]
         } else {
             entries.chunks(REFRESH_CHUNK).collect()
         };
+        let mut revived = Vec::new();
         for chunk in chunks {
             let mut inv = self.scripts.refresh.prepare_invoke();
             inv.key(self.keys.nodes())
                 .key(self.keys.rooms())
                 .arg(&self.node_id)
                 .arg(self.presence_ttl_ms);
-            for (room, user) in chunk {
-                inv.key(self.keys.room_conns(room))
-                    .key(self.keys.room_online(room))
-                    .key(self.keys.room_members(room))
-                    .arg(user.as_str())
-                    .arg(room.as_str());
+            for entry in chunk {
+                inv.key(self.keys.room_conns(&entry.room))
+                    .key(self.keys.room_online(&entry.room))
+                    .key(self.keys.room_members(&entry.room))
+                    .key(self.keys.room_names(&entry.room))
+                    .arg(entry.user.as_str())
+                    .arg(entry.room.as_str())
+                    .arg(entry.user_name.as_str());
             }
-            reply::int(W, &self.redis.script(W, &inv).await?)?;
+            let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+            while let Some(index) = it.next() {
+                let index = reply::int(W, &index)?;
+                let counts = counts(W, &next(W, &mut it)?, &next(W, &mut it)?)?;
+                let entry = usize::try_from(index)
+                    .ok()
+                    .and_then(|i| i.checked_sub(1))
+                    .and_then(|i| chunk.get(i))
+                    .ok_or_else(|| {
+                        BackendError::Corrupt(format!("{W}: entry index {index} out of range"))
+                    })?;
+                revived.push(Revived {
+                    room: entry.room.clone(),
+                    user: entry.user.clone(),
+                    user_name: entry.user_name.clone(),
+                    counts,
+                });
+            }
         }
-        Ok(())
+        Ok(revived)
     }
 
     async fn reap_presence(&self, room: &RoomId) -> Result<Vec<Reaped>> {

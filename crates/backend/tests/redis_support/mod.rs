@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_backend::redis_backend::{self, RedisConfig};
-use chat_backend::{Backend, BrokerEvent, Draft};
+use chat_backend::{Backend, BrokerEvent, Draft, PresenceEntry};
 use chat_protocol::{RoomId, UserId};
 use tokio::sync::mpsc;
 
@@ -205,6 +205,16 @@ pub fn user(id: &str) -> UserId {
     UserId::new(id).expect("user id")
 }
 
+/// A presence entry of `user` in `room`.
+pub fn entry(room: &RoomId, user: &UserId, name: &str) -> PresenceEntry {
+    PresenceEntry {
+        room: room.clone(),
+        user: user.clone(),
+        user_name: name.to_owned(),
+    }
+}
+
+/// A draft message by `author`.
 pub fn draft(author: &str, text: &str) -> Draft {
     Draft {
         user_id: user(author),
