@@ -616,3 +616,31 @@ async fn a_gateway_started_before_redis_serves_and_becomes_ready_when_redis_appe
     ann.post_and_wait("r", "finally").await;
     assert_eq!(ann.recv_message_in("r").await.content, "finally");
 }
+
+#[tokio::test]
+async fn a_post_retried_through_another_node_is_delivered_once() {
+    let cluster = Cluster::start(&[]).await;
+    let mut ann = cluster.client(0, "ann").await;
+    ann.login("r", "ann", "Ann").await;
+    let mut bob = cluster.client(1, "bob").await;
+    bob.login("r", "bob", "Bob").await;
+    ann.post_with_id("r", "only once", "retry-me").await;
+    let first = ann.recv_sent().await;
+    // The client lost its connection before it saw `sent` (say) and retries through node 3.
+    let mut ann2 = cluster.client(2, "ann again").await;
+    ann2.login("r", "ann", "Ann").await;
+    ann2.post_with_id("r", "only once", "retry-me").await;
+    let again = ann2.recv_sent().await;
+    assert_eq!(
+        (again.seq, &again.epoch, again.ts),
+        (first.seq, &first.epoch, first.ts)
+    );
+    ann2.post_and_wait("r", "next").await;
+    let got = bob.recv_messages_in("r", 2).await;
+    assert_eq!(
+        contents(&got),
+        vec!["only once", "next"],
+        "delivered once, no hole"
+    );
+    assert_consecutive(&got, 1);
+}

@@ -63,6 +63,8 @@ struct Room {
     /// Users with a live connection (on this, the only, node).
     online: HashSet<UserId>,
     log: Log,
+    /// (author, clientMsgId) -> seq of the posts still in the log: retried posts are idempotent.
+    post_ids: HashMap<(UserId, String), u64>,
 }
 
 impl Room {
@@ -72,6 +74,33 @@ impl Room {
             members: BTreeMap::new(),
             online: HashSet::new(),
             log: Log::new(),
+            post_ids: HashMap::new(),
+        }
+    }
+
+    /// The earlier post with the same author and `clientMsgId`, if it is still in the log.
+    fn earlier_post(&self, draft: &Draft) -> Option<Posted> {
+        let id = draft.client_msg_id.clone()?;
+        let seq = *self.post_ids.get(&(draft.user_id.clone(), id))?;
+        let first = self.log.entries.front()?.seq;
+        let message = self
+            .log
+            .entries
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+        Some(Posted {
+            epoch: message.epoch.clone(),
+            seq: message.seq,
+            ts: message.ts,
+        })
+    }
+
+    /// Forgets the id of the message the next append will push out of the log.
+    fn forget_evicted_id(&mut self, cap: usize) {
+        if self.log.entries.len() >= cap.max(1)
+            && let Some(front) = self.log.entries.front()
+            && let Some(id) = &front.client_msg_id
+        {
+            self.post_ids.remove(&(front.user_id.clone(), id.clone()));
         }
     }
 
@@ -247,8 +276,18 @@ impl Store for Shared {
             .rooms
             .entry(room_id.clone())
             .or_insert_with(|| Room::new(room_id));
+        if let Some(earlier) = room.earlier_post(draft) {
+            // A retry of a post that already landed: same receipt, nothing stored or sent again.
+            return Ok(earlier);
+        }
+        let cap = self.config.history_per_room;
+        room.forget_evicted_id(cap);
         let message = message_from(draft, Some(room_id), None, now_ms());
-        let stored = room.log.append(message, self.config.history_per_room);
+        let stored = room.log.append(message, cap);
+        if let Some(id) = &draft.client_msg_id {
+            room.post_ids
+                .insert((draft.user_id.clone(), id.clone()), stored.seq);
+        }
         let posted = Posted {
             epoch: stored.epoch.clone(),
             seq: stored.seq,
@@ -584,6 +623,77 @@ mod tests {
                 .await
                 .expect("cursor"),
             None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retried_post_is_stored_once() {
+        let mut backend = open(MemoryConfig {
+            history_per_room: 3,
+        });
+        let room = id("r");
+        backend
+            .broker
+            .subscribe(&StreamKey::Room(room.clone()))
+            .await
+            .expect("sub");
+        let with_id = |text: &str, cmid: &str| Draft {
+            client_msg_id: Some(cmid.into()),
+            ..draft("a", text)
+        };
+        let first = backend
+            .store
+            .post(&room, &with_id("hi", "c1"))
+            .await
+            .expect("post");
+        let retry = backend
+            .store
+            .post(&room, &with_id("hi", "c1"))
+            .await
+            .expect("retry");
+        assert_eq!(first, retry, "the same receipt");
+        let other_author = Draft {
+            client_msg_id: Some("c1".into()),
+            ..draft("b", "hi")
+        };
+        assert_eq!(
+            backend
+                .store
+                .post(&room, &other_author)
+                .await
+                .expect("post")
+                .seq,
+            2,
+            "ids are per author"
+        );
+        assert!(matches!(
+            backend.events.try_recv(),
+            Ok(BrokerEvent::Message { .. })
+        ));
+        assert!(matches!(
+            backend.events.try_recv(),
+            Ok(BrokerEvent::Message { .. })
+        ));
+        assert!(
+            backend.events.try_recv().is_err(),
+            "the retry was not published again"
+        );
+        // Once the original has left the (3-message) log, the id is forgotten.
+        for i in 0..3 {
+            backend
+                .store
+                .post(&room, &draft("a", &format!("m{i}")))
+                .await
+                .expect("post");
+        }
+        assert_eq!(
+            backend
+                .store
+                .post(&room, &with_id("hi", "c1"))
+                .await
+                .expect("post")
+                .seq,
+            6
         );
     }
 

@@ -5,7 +5,7 @@ mod redis_support;
 
 use std::time::Duration;
 
-use chat_backend::{BackendError, BrokerEvent, Counts, JoinRequest, StreamKey};
+use chat_backend::{BackendError, BrokerEvent, Counts, Draft, JoinRequest, StreamKey};
 use chat_protocol::ServerFrame;
 use redis_support::*;
 
@@ -733,6 +733,83 @@ async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
         assert_eq!(
             store.post(&r, &draft("a", "m4")).await.expect("post").seq,
             4
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_retried_post_with_the_same_client_msg_id_is_stored_and_published_once() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut cfg = config(&server, "n1");
+        cfg.history_per_room = 3;
+        let mut backend = open(cfg).await;
+        let r = room("r");
+        backend
+            .broker
+            .subscribe(&StreamKey::Room(r.clone()))
+            .await
+            .expect("subscribe");
+        let with_id = |author: &str, cmid: &str| Draft {
+            client_msg_id: Some(cmid.into()),
+            ..draft(author, "hi")
+        };
+
+        let first = backend
+            .store
+            .post(&r, &with_id("a", "c1"))
+            .await
+            .expect("post");
+        let retry = backend
+            .store
+            .post(&r, &with_id("a", "c1"))
+            .await
+            .expect("retry");
+        assert_eq!(first, retry, "the same receipt: seq, epoch and ts");
+        let other = backend
+            .store
+            .post(&r, &with_id("b", "c1"))
+            .await
+            .expect("post");
+        assert_eq!(other.seq, 2, "ids are per author");
+        let head = backend
+            .store
+            .head(&StreamKey::Room(r.clone()))
+            .await
+            .expect("head");
+        assert_eq!(head.seq, 2, "the retry appended nothing");
+        // Give pub/sub a moment, then count what arrived.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut all = Vec::new();
+        while let Ok(event) = backend.events.try_recv() {
+            if let BrokerEvent::Message { message, .. } = event {
+                all.push(message.seq);
+            }
+        }
+        assert_eq!(all, vec![1, 2], "the retry was not published again");
+
+        // The id lives as long as its message stays in the (3-message) log.
+        for i in 0..3 {
+            backend
+                .store
+                .post(&r, &draft("a", &format!("m{i}")))
+                .await
+                .expect("post");
+        }
+        let ids = raw_strings(&server, &["ZRANGE", "chat:room:r:ids", "0", "-1"]).await;
+        assert!(
+            ids.is_empty(),
+            "ids of trimmed messages are dropped: {ids:?}"
+        );
+        assert_eq!(
+            backend
+                .store
+                .post(&r, &with_id("a", "c1"))
+                .await
+                .expect("post")
+                .seq,
+            6
         );
     })
     .await;

@@ -56,6 +56,11 @@ impl Keys {
         self.room_key(room, "conns")
     }
 
+    /// ZSET `user|clientMsgId` -> seq of the post: makes retried posts idempotent.
+    pub(crate) fn room_ids(&self, room: &RoomId) -> String {
+        self.room_key(room, "ids")
+    }
+
     /// SET of every room id.
     pub(crate) fn rooms(&self) -> String {
         format!("{}rooms", self.prefix)

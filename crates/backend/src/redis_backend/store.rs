@@ -315,14 +315,21 @@ impl Store for RedisStore {
         let body = body_json(draft, Some(room), None)?;
         let stream = StreamKey::Room(room.clone());
         let mut inv = self.scripts.post.prepare_invoke();
+        let post_id = draft
+            .client_msg_id
+            .as_deref()
+            .map(|id| format!("{}|{id}", draft.user_id))
+            .unwrap_or_default();
         inv.key(self.keys.room_meta(room))
             .key(self.keys.room_log(room))
             .key(self.keys.rooms())
+            .key(self.keys.room_ids(room))
             .arg(new_epoch())
             .arg(body)
             .arg(self.history_cap)
             .arg(self.keys.channel(&stream))
-            .arg(room.as_str());
+            .arg(room.as_str())
+            .arg(post_id);
         let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
         let seq = next(W, &mut it)?;
         let epoch = next(W, &mut it)?;
