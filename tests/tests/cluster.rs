@@ -430,7 +430,7 @@ async fn the_keys_in_redis_are_the_documented_ones() {
     bob.login("r2", "bob", "Bob").await;
     ann.post_and_wait("r1", "hello").await;
     bob.post_and_wait("r2", "there").await;
-    ann.send_json(json!({"event":"message","toUserId":"bob","content":"dm"}))
+    ann.send_json(json!({"event":"message","toUserId":"bob","content":"dm","clientMsgId":"dm-1"}))
         .await;
     ann.recv_sent().await;
     bob.send_json(json!({"event":"ack","roomId":"r1","seq":1}))

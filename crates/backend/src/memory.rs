@@ -63,8 +63,6 @@ struct Room {
     /// Users with a live connection (on this, the only, node).
     online: HashSet<UserId>,
     log: Log,
-    /// (author, clientMsgId) -> seq of the posts still in the log: retried posts are idempotent.
-    post_ids: HashMap<(UserId, String), u64>,
 }
 
 impl Room {
@@ -74,33 +72,6 @@ impl Room {
             members: BTreeMap::new(),
             online: HashSet::new(),
             log: Log::new(),
-            post_ids: HashMap::new(),
-        }
-    }
-
-    /// The earlier post with the same author and `clientMsgId`, if it is still in the log.
-    fn earlier_post(&self, draft: &Draft) -> Option<Posted> {
-        let id = draft.client_msg_id.clone()?;
-        let seq = *self.post_ids.get(&(draft.user_id.clone(), id))?;
-        let first = self.log.entries.front()?.seq;
-        let message = self
-            .log
-            .entries
-            .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
-        Some(Posted {
-            epoch: message.epoch.clone(),
-            seq: message.seq,
-            ts: message.ts,
-        })
-    }
-
-    /// Forgets the id of the message the next append will push out of the log.
-    fn forget_evicted_id(&mut self, cap: usize) {
-        if self.log.entries.len() >= cap.max(1)
-            && let Some(front) = self.log.entries.front()
-            && let Some(id) = &front.client_msg_id
-        {
-            self.post_ids.remove(&(front.user_id.clone(), id.clone()));
         }
     }
 
@@ -116,6 +87,18 @@ struct Log {
     epoch: String,
     seq: u64,
     entries: VecDeque<ChatMessage>,
+    /// Seq of every message in the log that carries a `clientMsgId`, by (author, addressee,
+    /// clientMsgId): a retried post finds its original here instead of being stored twice.
+    post_ids: HashMap<PostId, u64>,
+}
+
+/// What makes a post unique for retries: its author, its addressee (for direct messages) and the
+/// author's `clientMsgId`.
+type PostId = (UserId, Option<UserId>, String);
+
+fn post_id(message: &ChatMessage) -> Option<PostId> {
+    let id = message.client_msg_id.clone()?;
+    Some((message.user_id.clone(), message.to_user_id.clone(), id))
 }
 
 impl Log {
@@ -124,6 +107,7 @@ impl Log {
             epoch: new_epoch(),
             seq: 0,
             entries: VecDeque::new(),
+            post_ids: HashMap::new(),
         }
     }
 
@@ -138,11 +122,31 @@ impl Log {
         self.seq += 1;
         message.seq = self.seq;
         message.epoch = self.epoch.clone();
+        if let Some(id) = post_id(&message) {
+            self.post_ids.insert(id, message.seq);
+        }
         self.entries.push_back(message.clone());
         while self.entries.len() > cap.max(1) {
-            self.entries.pop_front();
+            if let Some(evicted) = self.entries.pop_front()
+                && let Some(id) = post_id(&evicted)
+            {
+                self.post_ids.remove(&id);
+            }
         }
         message
+    }
+
+    /// The message `draft` (to `to`) would duplicate, if it is still in the log.
+    fn earlier(&self, draft: &Draft, to: Option<&UserId>) -> Option<&ChatMessage> {
+        let id = (
+            draft.user_id.clone(),
+            to.cloned(),
+            draft.client_msg_id.clone()?,
+        );
+        let seq = *self.post_ids.get(&id)?;
+        let first = self.entries.front()?.seq;
+        self.entries
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)
     }
 
     fn range(&self, after: u64, through: u64, max: usize, min_ts: u64) -> Vec<ChatMessage> {
@@ -276,18 +280,16 @@ impl Store for Shared {
             .rooms
             .entry(room_id.clone())
             .or_insert_with(|| Room::new(room_id));
-        if let Some(earlier) = room.earlier_post(draft) {
+        if let Some(earlier) = room.log.earlier(draft, None) {
             // A retry of a post that already landed: same receipt, nothing stored or sent again.
-            return Ok(earlier);
+            return Ok(Posted {
+                epoch: earlier.epoch.clone(),
+                seq: earlier.seq,
+                ts: earlier.ts,
+            });
         }
-        let cap = self.config.history_per_room;
-        room.forget_evicted_id(cap);
         let message = message_from(draft, Some(room_id), None, now_ms());
-        let stored = room.log.append(message, cap);
-        if let Some(id) = &draft.client_msg_id {
-            room.post_ids
-                .insert((draft.user_id.clone(), id.clone()), stored.seq);
-        }
+        let stored = room.log.append(message, self.config.history_per_room);
         let posted = Posted {
             epoch: stored.epoch.clone(),
             seq: stored.seq,
@@ -309,6 +311,22 @@ impl Store for Shared {
 
     async fn post_direct(&self, to: &UserId, draft: &Draft) -> Result<DirectPosted> {
         let mut state = self.state.lock().await;
+        if let Some(earlier) = state
+            .inboxes
+            .get(&draft.user_id)
+            .and_then(|inbox| inbox.earlier(draft, Some(to)))
+        {
+            // A retry: the sender's receipt again, nothing stored or sent.
+            let sender = Posted {
+                epoch: earlier.epoch.clone(),
+                seq: earlier.seq,
+                ts: earlier.ts,
+            };
+            return Ok(DirectPosted {
+                sender,
+                recipient: None,
+            });
+        }
         let ts = now_ms();
         let cap = self.config.history_per_room;
         let mut posted = Vec::with_capacity(2);
@@ -341,7 +359,10 @@ impl Store for Shared {
             return Err(crate::BackendError::Corrupt("no inbox was written".into()));
         };
         let sender = posted.get(1).cloned().unwrap_or_else(|| recipient.clone());
-        Ok(DirectPosted { sender, recipient })
+        Ok(DirectPosted {
+            sender,
+            recipient: Some(recipient),
+        })
     }
 
     async fn head(&self, stream: &StreamKey) -> Result<Head> {
@@ -698,6 +719,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retried_direct_message_is_stored_once() {
+        let backend = open(MemoryConfig {
+            history_per_room: 10,
+        });
+        let dm = Draft {
+            client_msg_id: Some("d1".into()),
+            ..draft("a", "psst")
+        };
+        let first = backend
+            .store
+            .post_direct(&user("b"), &dm)
+            .await
+            .expect("dm");
+        let retry = backend
+            .store
+            .post_direct(&user("b"), &dm)
+            .await
+            .expect("retry");
+        assert_eq!((retry.sender, retry.recipient), (first.sender, None));
+        let inbox = backend
+            .store
+            .range(&StreamKey::Inbox(user("b")), 0, u64::MAX, 10, 0)
+            .await
+            .expect("range");
+        assert_eq!(inbox.len(), 1);
+        assert!(
+            backend
+                .store
+                .post_direct(&user("c"), &dm)
+                .await
+                .expect("dm")
+                .recipient
+                .is_some(),
+            "another addressee"
+        );
+    }
+
+    #[tokio::test]
     async fn direct_messages_land_in_both_inboxes() {
         let backend = open(MemoryConfig {
             history_per_room: 10,
@@ -707,7 +766,7 @@ mod tests {
             .post_direct(&user("b"), &draft("a", "psst"))
             .await
             .expect("dm");
-        assert_eq!(posted.recipient.seq, 1);
+        assert_eq!(posted.recipient.map(|p| p.seq), Some(1));
         assert_eq!(posted.sender.seq, 1);
         let inbox = backend
             .store

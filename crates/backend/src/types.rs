@@ -134,10 +134,11 @@ pub struct Posted {
 /// Where a direct message landed: once in each inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectPosted {
-    /// Position in the sender's inbox.
+    /// Position in the sender's inbox (the receipt the sender gets).
     pub sender: Posted,
-    /// Position in the recipient's inbox.
-    pub recipient: Posted,
+    /// Position in the recipient's inbox; `None` when the post was a retry of an earlier one with
+    /// the same `clientMsgId`, so nothing new was stored or sent.
+    pub recipient: Option<Posted>,
 }
 
 /// One row of `GET /api/rooms`.

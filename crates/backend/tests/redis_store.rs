@@ -84,9 +84,10 @@ async fn direct_messages_land_in_both_inboxes_once_for_self() {
             .post_direct(&user("bob"), &draft("ann", "psst"))
             .await
             .expect("dm");
-        assert_eq!((p.recipient.seq, p.sender.seq), (1, 1));
-        assert_eq!(p.recipient.ts, p.sender.ts);
-        assert_ne!(p.recipient.epoch, p.sender.epoch, "two inboxes, two epochs");
+        let recipient = p.recipient.clone().expect("stored for the recipient");
+        assert_eq!((recipient.seq, p.sender.seq), (1, 1));
+        assert_eq!(recipient.ts, p.sender.ts);
+        assert_ne!(recipient.epoch, p.sender.epoch, "two inboxes, two epochs");
         let mut seen = Vec::new();
         for _ in 0..2 {
             let (s, m) = expect_event(&mut backend.events, "dm", |e| match e {
@@ -109,8 +110,8 @@ async fn direct_messages_land_in_both_inboxes_once_for_self() {
             .post_direct(&user("ann"), &draft("ann", "note to self"))
             .await
             .expect("self dm");
-        assert_eq!(p.recipient, p.sender);
-        assert_eq!(p.recipient.seq, 2);
+        assert_eq!(p.recipient.as_ref(), Some(&p.sender));
+        assert_eq!(p.sender.seq, 2);
         let inbox = backend
             .store
             .range(&ann, 0, u64::MAX, 10, 0)
@@ -811,6 +812,58 @@ async fn a_retried_post_with_the_same_client_msg_id_is_stored_and_published_once
                 .seq,
             6
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_retried_direct_message_is_stored_and_published_once() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut backend = open(config(&server, "n1")).await;
+        let (ann, bob) = (user("ann"), user("bob"));
+        for who in [&ann, &bob] {
+            backend
+                .broker
+                .subscribe(&StreamKey::Inbox(who.clone()))
+                .await
+                .expect("subscribe");
+        }
+        let dm = Draft {
+            client_msg_id: Some("d1".into()),
+            ..draft("ann", "psst")
+        };
+        let first = backend.store.post_direct(&bob, &dm).await.expect("dm");
+        let retry = backend.store.post_direct(&bob, &dm).await.expect("retry");
+        assert!(first.recipient.is_some());
+        assert_eq!(
+            (retry.sender, retry.recipient),
+            (first.sender.clone(), None)
+        );
+        // The same id to someone else is a different message.
+        let to_cid = backend
+            .store
+            .post_direct(&user("cid"), &dm)
+            .await
+            .expect("dm");
+        assert_eq!(to_cid.sender.seq, 2);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut published = 0;
+        while let Ok(event) = backend.events.try_recv() {
+            if matches!(event, BrokerEvent::Message { .. }) {
+                published += 1;
+            }
+        }
+        assert_eq!(
+            published, 3,
+            "ann's and bob's copies once, then ann's copy of the note to cid"
+        );
+        let head = backend
+            .store
+            .head(&StreamKey::Inbox(bob.clone()))
+            .await
+            .expect("head");
+        assert_eq!(head.seq, 1);
     })
     .await;
 }

@@ -81,6 +81,12 @@ impl Keys {
         format!("{}user:{}:inbox:meta", self.prefix, user)
     }
 
+    /// ZSET `to|clientMsgId` -> seq in the user's own inbox of the direct messages they sent:
+    /// makes retried direct messages idempotent.
+    pub(crate) fn inbox_ids(&self, user: &UserId) -> String {
+        format!("{}user:{}:inbox:ids", self.prefix, user)
+    }
+
     /// HASH stream field -> read cursor, with the offline-retention TTL.
     pub(crate) fn cursors(&self, user: &UserId) -> String {
         format!("{}user:{}:cursors", self.prefix, user)

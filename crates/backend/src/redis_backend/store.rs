@@ -341,25 +341,36 @@ impl Store for RedisStore {
         const W: &str = "post_direct";
         let body = body_json(draft, None, Some(to))?;
         let from = &draft.user_id;
+        let post_id = draft
+            .client_msg_id
+            .as_deref()
+            .map(|id| format!("{to}|{id}"))
+            .unwrap_or_default();
         let mut inv = self.scripts.post_direct.prepare_invoke();
         inv.key(self.keys.inbox_meta(to))
-            .key(self.keys.inbox_log(to));
-        if from != to {
-            inv.key(self.keys.inbox_meta(from))
-                .key(self.keys.inbox_log(from));
-        }
-        inv.arg(new_epoch())
+            .key(self.keys.inbox_log(to))
+            .key(self.keys.inbox_meta(from))
+            .key(self.keys.inbox_log(from))
+            .key(self.keys.inbox_ids(from))
+            .arg(new_epoch())
             .arg(new_epoch())
             .arg(body)
             .arg(self.history_cap)
             .arg(self.keys.channel(&StreamKey::Inbox(to.clone())))
-            .arg(self.keys.channel(&StreamKey::Inbox(from.clone())));
+            .arg(self.keys.channel(&StreamKey::Inbox(from.clone())))
+            .arg(post_id)
+            .arg(if from == to { "1" } else { "0" });
         let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
         let (rseq, repoch) = (next(W, &mut it)?, next(W, &mut it)?);
         let (sseq, sepoch) = (next(W, &mut it)?, next(W, &mut it)?);
         let ts = next(W, &mut it)?;
+        let retry = reply::int(W, &rseq)? == 0;
         Ok(DirectPosted {
-            recipient: posted(W, &rseq, repoch, &ts)?,
+            recipient: if retry {
+                None
+            } else {
+                Some(posted(W, &rseq, repoch, &ts)?)
+            },
             sender: posted(W, &sseq, sepoch, &ts)?,
         })
     }
