@@ -644,3 +644,108 @@ async fn a_post_retried_through_another_node_is_delivered_once() {
     );
     assert_consecutive(&got, 1);
 }
+
+/// Reads room messages until `last` arrives or the connection ends; returns them and whether the
+/// connection is still open.
+async fn read_room_until(client: &mut Client, room: &str, last: u64) -> (Vec<ChatMessage>, bool) {
+    use chat_tests::Event;
+    let mut got = Vec::new();
+    loop {
+        match client.next_event(Duration::from_secs(20)).await {
+            Some(Event::Frame(ServerFrame::Message(m)))
+                if m.room_id.as_ref().is_some_and(|r| r.as_str() == room) =>
+            {
+                let seq = m.seq;
+                got.push(m);
+                if seq >= last {
+                    return (got, true);
+                }
+            }
+            Some(Event::Frame(_)) => {}
+            Some(Event::Closed(_)) | None => return (got, false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_gaps_for_anyone_when_a_node_dies_under_load() {
+    let mut cluster = Cluster::start(&[]).await;
+    const PER_POSTER: u64 = 40;
+    const TOTAL: u64 = 2 * PER_POSTER;
+    // Four watchers on each node; posters on the two nodes that survive.
+    let mut watchers = Vec::new();
+    for node in 0..3 {
+        for i in 0..4 {
+            let user = format!("w{node}{i}");
+            let mut c = cluster.client(node, &user).await;
+            c.login("busy", &user, &user).await;
+            watchers.push((node, user, c));
+        }
+    }
+    let posted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut posters = Vec::new();
+    for node in [0, 2] {
+        let user = format!("poster{node}");
+        let mut c = cluster.client(node, &user).await;
+        c.login("busy", &user, &user).await;
+        let posted = posted.clone();
+        posters.push(tokio::spawn(async move {
+            for i in 0..PER_POSTER {
+                c.post_and_wait("busy", &format!("{user} {i}")).await;
+                posted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Paced, so the node dies mid-stream rather than after it.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            c
+        }));
+    }
+    let readers: Vec<_> = watchers
+        .into_iter()
+        .map(|(node, user, mut c)| {
+            tokio::spawn(async move {
+                let (got, open) = read_room_until(&mut c, "busy", TOTAL).await;
+                (node, user, got, open)
+            })
+        })
+        .collect();
+    // Kill the middle node while the posts are flowing.
+    let quarter = || posted.load(std::sync::atomic::Ordering::Relaxed) >= TOTAL / 4;
+    assert!(wait_until(Duration::from_secs(20), || async { quarter() }).await);
+    cluster.nodes[1].kill9();
+    assert!(
+        posted.load(std::sync::atomic::Ordering::Relaxed) < TOTAL,
+        "killed mid-stream"
+    );
+    for poster in posters {
+        poster.await.expect("poster");
+    }
+
+    let url = cluster.nodes[0].ws_url();
+    for reader in readers {
+        let (node, user, mut got, open) = reader.await.expect("reader");
+        if node == 1 {
+            assert!(!open, "{user}: its node died");
+            // Reconnect elsewhere and continue from what it had.
+            let since = got.last().map(|m| m.seq).unwrap_or(0);
+            let mut c = Client::connect(&url).await.named(format!("{user} back"));
+            let mut login = json!({"event":"login","roomId":"busy","userId":user,"userName":user,"since":since});
+            if let Some(last) = got.last() {
+                login["epoch"] = json!(last.epoch);
+            }
+            let (_, replayed) = c.login_replay(login).await;
+            got.extend(replayed);
+            if got.last().map(|m| m.seq) < Some(TOTAL) {
+                let (rest, _) = read_room_until(&mut c, "busy", TOTAL).await;
+                got.extend(rest);
+            }
+        } else {
+            assert!(open, "{user} on a surviving node stays connected");
+        }
+        assert_consecutive(&got, 1);
+        assert_eq!(
+            got.len() as u64,
+            TOTAL,
+            "{user} (node {node}) got every message exactly once"
+        );
+    }
+}
