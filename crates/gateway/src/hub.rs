@@ -163,6 +163,9 @@ struct AttachedConn {
     user: UserId,
     /// `Some` while the session sends its replay: live frames wait here.
     gate: Option<Vec<Outbound>>,
+    /// Messages up to this seq reached the connection through its replay: skip them live (the
+    /// replay can run ahead of this node's delivery when the node lags the store).
+    replayed_through: u64,
 }
 
 impl LocalStream {
@@ -186,6 +189,7 @@ impl LocalStream {
                 handle: handle.clone(),
                 user: user.clone(),
                 gate: Some(Vec::new()),
+                replayed_through: 0,
             },
         );
         if previous.is_none() {
@@ -216,6 +220,12 @@ impl LocalStream {
     /// Hands one frame to every attached connection.
     fn broadcast(&mut self, text: &Utf8Bytes, mark: Option<Mark>) {
         for conn in self.conns.values_mut() {
+            if mark
+                .as_ref()
+                .is_some_and(|m| m.seq <= conn.replayed_through)
+            {
+                continue;
+            }
             let item = Outbound::Frame {
                 text: text.clone(),
                 mark: mark.clone(),
@@ -258,6 +268,9 @@ impl LocalStream {
         self.epoch = epoch.to_owned();
         self.last = 0;
         self.pending.retain(|_, (m, _)| m.epoch == epoch);
+        for conn in self.conns.values_mut() {
+            conn.replayed_through = 0;
+        }
     }
 }
 
@@ -372,7 +385,9 @@ impl Hub {
 
     /// Releases the frames held for a connection since [`Hub::attach`], in order, and delivers live
     /// from now on. The session calls it after queueing its `joined` reply and replay.
-    pub fn open_gate(&self, key: &StreamKey, conn: ConnId) {
+    /// `replayed_through` is the last seq the session's replay covered: held and future live
+    /// frames up to it are skipped, so nothing arrives twice.
+    pub fn open_gate(&self, key: &StreamKey, conn: ConnId, replayed_through: u64) {
         let mut state = self.lock();
         let Some(attached) = state
             .streams
@@ -381,9 +396,13 @@ impl Hub {
         else {
             return;
         };
+        attached.replayed_through = replayed_through;
         if let Some(held) = attached.gate.take() {
             for item in held {
-                attached.handle.offer(item);
+                let replayed = matches!(&item, Outbound::Frame { mark: Some(m), .. } if m.seq <= replayed_through);
+                if !replayed {
+                    attached.handle.offer(item);
+                }
             }
         }
     }

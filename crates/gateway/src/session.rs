@@ -267,6 +267,15 @@ impl Session {
                 name: req.user_name.clone(),
             });
         }
+        // The replay runs to the end of the log as the join saw it, or to this node's delivery
+        // position if that is further; live frames up to there are skipped (`open_gate`), so a
+        // node that lags the store neither delays nor duplicates anything.
+        let head = if outcome.head.epoch == attached.epoch {
+            outcome.head.seq
+        } else {
+            0
+        };
+        let mut through = attached.last.max(head);
         // Where the client's knowledge ends: what it says (`since`), else its stored cursor. A
         // position from another epoch means the log was reset: everything in the new one is new.
         let known = match (req.since, &req.epoch) {
@@ -274,22 +283,20 @@ impl Session {
             (Some(since), _) => Some(since),
             (None, _) => outcome.cursor,
         }
-        .map(|k| if k > attached.last { 0 } else { k });
+        .map(|k| if k > through { 0 } else { k });
         let replay = match known {
-            Some(after) if after < attached.last => {
+            Some(after) if after < through => {
                 let max = node.settings.offline.max_per_room;
                 let min_ts = if req.since.is_some() {
                     0
                 } else {
                     node.replay_min_ts()
                 };
-                match node
-                    .store
-                    .range(&key, after, attached.last, max, min_ts)
-                    .await
-                {
+                match node.store.range(&key, after, through, max, min_ts).await {
                     Ok(messages) => messages,
                     Err(e) => {
+                        // Live delivery then starts where this node is.
+                        through = attached.last;
                         tracing::warn!(room = %req.room_id, error = %e, "could not load missed messages");
                         self.reply_error(ProtocolError::new(
                             ErrorCode::Unavailable,
@@ -304,7 +311,7 @@ impl Session {
         self.reply(&ServerFrame::Joined(Joined {
             room_id: req.room_id.clone(),
             room_name: outcome.room_name,
-            seq: attached.last,
+            seq: through,
             epoch: attached.epoch.clone(),
             num: outcome.counts.num,
             total: outcome.counts.total,
@@ -317,15 +324,11 @@ impl Session {
             self.reply(&ServerFrame::Message(message));
         }
         self.rooms.insert(req.room_id.clone(), progress);
-        node.hub.open_gate(&key, self.conn.id);
+        node.hub.open_gate(&key, self.conn.id, through);
 
         if known.is_none() {
             // A new member starts reading at the current end of the log.
-            if let Err(e) = node
-                .store
-                .advance_cursor(&req.user_id, &key, attached.last)
-                .await
-            {
+            if let Err(e) = node.store.advance_cursor(&req.user_id, &key, through).await {
                 tracing::debug!(error = %e, "could not store the initial cursor");
             }
         }
@@ -399,7 +402,7 @@ impl Session {
             }
         }
         self.inbox = Some(progress);
-        node.hub.open_gate(&key, self.conn.id);
+        node.hub.open_gate(&key, self.conn.id, attached.last);
     }
 
     async fn logout(&mut self, room: RoomId) -> Result<(), ProtocolError> {

@@ -29,7 +29,7 @@ async fn setup() -> Setup {
     let user = UserId::new("u").expect("id");
     let attached = hub.attach(&key, &conn, &user, "U").await.expect("attach");
     assert_eq!(attached.last, 0);
-    hub.open_gate(&key, conn.id);
+    hub.open_gate(&key, conn.id, 0);
     Setup {
         backend,
         hub,
@@ -135,7 +135,39 @@ async fn a_gated_connection_gets_held_frames_after_its_replay_in_order() {
         delivered(&mut late_rx).is_empty(),
         "held behind the gate while the replay is sent"
     );
-    s.hub.open_gate(&s.key, late.id);
+    s.hub.open_gate(&s.key, late.id, attached.last);
     assert_eq!(delivered(&mut late_rx), vec![2, 3]);
     assert_eq!(delivered(&mut s.rx), vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_replay_ahead_of_a_lagging_node_is_not_delivered_again_live() {
+    let mut s = setup().await;
+    let (tx, mut late_rx) = mpsc::channel(64);
+    let late = ConnHandle::new(s.hub.next_conn_id(), tx);
+    // The store has 3 messages; this node has delivered none of them yet (its pump lags).
+    let events = post(&mut s, 3).await;
+    let attached = s
+        .hub
+        .attach(&s.key, &late, &UserId::new("v").expect("id"), "V")
+        .await
+        .expect("attach");
+    assert_eq!(attached.last, 0);
+    // The session replayed 1..=3 from the log (the head it saw at join), then opens the gate.
+    s.hub.open_gate(&s.key, late.id, 3);
+    for event in &events {
+        s.hub.apply(event.clone()).await;
+    }
+    assert!(
+        delivered(&mut late_rx).is_empty(),
+        "1..=3 came through the replay"
+    );
+    let more = post(&mut s, 1).await;
+    s.hub.apply(more[0].clone()).await;
+    assert_eq!(delivered(&mut late_rx), vec![4]);
+    assert_eq!(
+        delivered(&mut s.rx),
+        vec![1, 2, 3, 4],
+        "others are unaffected"
+    );
 }
