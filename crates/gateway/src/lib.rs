@@ -19,7 +19,6 @@ pub mod presence;
 pub mod session;
 pub mod ws;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
@@ -142,6 +141,3 @@ pub async fn spawn(settings: Settings) -> Result<Spawned, BoxError> {
         task,
     })
 }
-
-/// Keeps `Arc<Node>` nameable by embedders.
-pub type SharedNode = Arc<Node>;
