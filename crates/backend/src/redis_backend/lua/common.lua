@@ -80,3 +80,31 @@ end
 local function counts(online, members, now)
   return redis.call('ZCOUNT', online, '(' .. int(now), '+inf'), redis.call('SCARD', members)
 end
+
+-- Retried posts: `ids` maps `author-side id` -> seq in `log` (meta/log of the log the author's
+-- copy lives in). Returns seq, epoch, ts of the earlier post with this id while it is still in
+-- the log, or nil.
+local function earlier_post(ids, meta, log, id)
+  if id == '' then
+    return nil
+  end
+  local earlier = redis.call('ZSCORE', ids, id)
+  if not earlier then
+    return nil
+  end
+  local entry = redis.call('ZRANGEBYSCORE', log, earlier, earlier)[1]
+  local ok, decoded = pcall(cjson.decode, entry or '')
+  if ok and type(decoded) == 'table' and tonumber(decoded.ts) then
+    return tonumber(earlier), redis.call('HGET', meta, 'epoch'), tonumber(decoded.ts)
+  end
+  return nil
+end
+
+-- Records the id of a post just appended under `seq`, and forgets ids whose messages the log's
+-- trim (to `cap`) has dropped.
+local function remember_post(ids, id, seq, cap)
+  if id ~= '' then
+    redis.call('ZADD', ids, seq, id)
+  end
+  redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. int(seq - cap + 1))
+end

@@ -10,23 +10,13 @@ check_type(KEYS[3], 'set')
 check_type(KEYS[4], 'zset')
 local cap = tonumber(ARGV[3])
 local id = ARGV[6]
-if id ~= '' then
-  local earlier = redis.call('ZSCORE', KEYS[4], id)
-  if earlier then
-    local entry = redis.call('ZRANGEBYSCORE', KEYS[2], earlier, earlier)[1]
-    local ok, decoded = pcall(cjson.decode, entry or '')
-    if ok and type(decoded) == 'table' and tonumber(decoded.ts) then
-      return {tonumber(earlier), redis.call('HGET', KEYS[1], 'epoch'), tonumber(decoded.ts)}
-    end
-  end
+local eseq, eepoch, ets = earlier_post(KEYS[4], KEYS[1], KEYS[2], id)
+if eseq then
+  return {eseq, eepoch, ets}
 end
 local ts = now_ms()
 local seq, epoch, frame = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ts, cap)
-if id ~= '' then
-  redis.call('ZADD', KEYS[4], seq, id)
-end
--- Ids live as long as their messages stay in the log.
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. int(seq - cap + 1))
+remember_post(KEYS[4], id, seq, cap)
 redis.call('SADD', KEYS[3], ARGV[5])
 redis.call('PUBLISH', ARGV[4], frame)
 return {seq, epoch, ts}

@@ -14,15 +14,9 @@ check_type(KEYS[5], 'zset')
 local cap = tonumber(ARGV[4])
 local id = ARGV[7]
 local to_self = ARGV[8] == '1'
-if id ~= '' then
-  local earlier = redis.call('ZSCORE', KEYS[5], id)
-  if earlier then
-    local entry = redis.call('ZRANGEBYSCORE', KEYS[4], earlier, earlier)[1]
-    local ok, decoded = pcall(cjson.decode, entry or '')
-    if ok and type(decoded) == 'table' and tonumber(decoded.ts) then
-      return {0, '', tonumber(earlier), redis.call('HGET', KEYS[3], 'epoch'), tonumber(decoded.ts)}
-    end
-  end
+local eseq, eepoch, ets = earlier_post(KEYS[5], KEYS[3], KEYS[4], id)
+if eseq then
+  return {0, '', eseq, eepoch, ets}
 end
 local ts = now_ms()
 local rseq, repoch, rframe = append(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ts, cap)
@@ -33,9 +27,5 @@ if not to_self then
   sseq, sepoch, sframe = append(KEYS[3], KEYS[4], ARGV[2], ARGV[3], ts, cap)
   redis.call('PUBLISH', ARGV[6], sframe)
 end
-if id ~= '' then
-  redis.call('ZADD', KEYS[5], sseq, id)
-end
--- Ids live as long as their messages stay in the sender's inbox.
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. int(sseq - cap + 1))
+remember_post(KEYS[5], id, sseq, cap)
 return {rseq, repoch, sseq, sepoch, ts}
