@@ -1,82 +1,14 @@
 //! Cluster mode: three gateway processes sharing one real `redis-server`.
 
-use std::process::Command;
 use std::time::Duration;
 
 use chat_tests::chat_protocol::{ChatMessage, ErrorCode, LogoutReason, ServerFrame};
+use chat_tests::cluster::{Cluster, room_counts};
 use chat_tests::serde_json::{Value, json};
-use chat_tests::{
-    Client, Gateway, GatewayOptions, RedisServer, assert_consecutive, seqs, wait_until,
-};
-
-/// A Redis and three gateways on it.
-struct Cluster {
-    redis: RedisServer,
-    nodes: Vec<Gateway>,
-}
-
-impl Cluster {
-    async fn start(extra: &[(&str, &str)]) -> Cluster {
-        let redis = RedisServer::start().await;
-        let url = redis.url();
-        let mut nodes = Vec::new();
-        for i in 1..=3 {
-            let node_id = format!("n{i}");
-            let mut env: Vec<(&str, &str)> = vec![
-                ("CHAT__REDIS__URL", url.as_str()),
-                ("CHAT__SERVER__NODE_ID", node_id.as_str()),
-                ("CHAT__PRESENCE__TTL_SECS", "4"),
-                ("CHAT__CLUSTER__SYNC_INTERVAL_SECS", "1"),
-                ("CHAT__REDIS__COMMAND_TIMEOUT_MS", "1000"),
-            ];
-            env.extend_from_slice(extra);
-            let mut options = GatewayOptions::env(&env);
-            options.label = Some(format!("node{i}"));
-            nodes.push(Gateway::start_with(options).await);
-        }
-        for node in &nodes {
-            assert!(
-                wait_until(Duration::from_secs(20), || async {
-                    node.get("/readyz").await.status == 200
-                })
-                .await,
-                "node not ready:\n{}",
-                node.log_tail(40)
-            );
-        }
-        Cluster { redis, nodes }
-    }
-
-    async fn client(&self, node: usize, label: &str) -> Client {
-        self.nodes[node].client().await.named(label)
-    }
-
-    fn redis_cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.redis.port().to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
+use chat_tests::{Client, Gateway, RedisServer, assert_consecutive, seqs, wait_until};
 
 fn contents(messages: &[ChatMessage]) -> Vec<String> {
     messages.iter().map(|m| m.content.clone()).collect()
-}
-
-async fn room_counts(node: &Gateway, room: &str) -> Option<(u64, u64)> {
-    let body = node.get("/api/rooms").await.json();
-    body["rooms"]
-        .as_array()?
-        .iter()
-        .find(|r| r["roomId"] == room)
-        .map(|r| {
-            (
-                r["num"].as_u64().unwrap_or(u64::MAX),
-                r["total"].as_u64().unwrap_or(u64::MAX),
-            )
-        })
 }
 
 #[tokio::test]

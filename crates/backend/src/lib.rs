@@ -100,11 +100,18 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<(String, Vec<ChatMessage>)>;
 
-    /// The user's read cursor on a stream: the seq up to which they have everything.
-    async fn cursor(&self, user: &UserId, stream: &StreamKey) -> Result<Option<u64>>;
+    /// The user's read cursor on a stream: the position up to which they have everything.
+    async fn cursor(&self, user: &UserId, stream: &StreamKey) -> Result<Option<Position>>;
 
-    /// Moves the user's cursor forward to `seq` (never backward).
-    async fn advance_cursor(&self, user: &UserId, stream: &StreamKey, seq: u64) -> Result<()>;
+    /// Moves the user's cursor forward to `to` (never backward within an epoch). A position in
+    /// another epoch than the log's current one is stale and ignored; a stored cursor of an older
+    /// epoch is replaced. Returns whether the cursor moved.
+    async fn advance_cursor(
+        &self,
+        user: &UserId,
+        stream: &StreamKey,
+        to: &Position,
+    ) -> Result<bool>;
 
     /// Every room with its counts and latest seq.
     async fn rooms(&self) -> Result<Vec<RoomSummary>>;

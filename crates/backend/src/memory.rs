@@ -15,8 +15,8 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::{
     Backend, Broker, BrokerEvent, Channel, Counts, DirectPosted, Draft, EVENT_QUEUE, Head,
-    JoinOutcome, JoinRequest, LeaveOutcome, Notice, Posted, PresenceEntry, Reaped, Result, Revived,
-    RoomSummary, Store, StreamKey,
+    JoinOutcome, JoinRequest, LeaveOutcome, Notice, Position, Posted, PresenceEntry, Reaped,
+    Result, Revived, RoomSummary, Store, StreamKey,
 };
 
 /// Settings of the embedded backend.
@@ -52,7 +52,7 @@ struct Shared {
 struct State {
     rooms: HashMap<RoomId, Room>,
     inboxes: HashMap<UserId, Log>,
-    cursors: HashMap<(UserId, StreamKey), u64>,
+    cursors: HashMap<(UserId, StreamKey), Position>,
     subscribed: HashSet<Channel>,
 }
 
@@ -212,7 +212,7 @@ impl Store for Shared {
         let cursor = state
             .cursors
             .get(&(req.user.clone(), StreamKey::Room(req.room.clone())))
-            .copied();
+            .cloned();
         let room = state
             .rooms
             .entry(req.room.clone())
@@ -417,28 +417,49 @@ impl Store for Shared {
         ))
     }
 
-    async fn cursor(&self, user: &UserId, stream: &StreamKey) -> Result<Option<u64>> {
+    async fn cursor(&self, user: &UserId, stream: &StreamKey) -> Result<Option<Position>> {
         let state = self.state.lock().await;
-        Ok(state.cursors.get(&(user.clone(), stream.clone())).copied())
+        Ok(state.cursors.get(&(user.clone(), stream.clone())).cloned())
     }
 
-    async fn advance_cursor(&self, user: &UserId, stream: &StreamKey, seq: u64) -> Result<()> {
+    async fn advance_cursor(
+        &self,
+        user: &UserId,
+        stream: &StreamKey,
+        to: &Position,
+    ) -> Result<bool> {
         let mut state = self.state.lock().await;
-        if let StreamKey::Room(room) = stream
-            && !state
-                .rooms
-                .get(room)
-                .is_some_and(|r| r.members.contains_key(user))
-        {
-            // A cursor only means something for a member; `logout` dropped it on purpose.
-            return Ok(());
+        let current_epoch = match stream {
+            StreamKey::Room(room) => match state.rooms.get(room) {
+                // A cursor only means something for a member; `logout` dropped it on purpose.
+                Some(r) if r.members.contains_key(user) => r.log.epoch.clone(),
+                _ => return Ok(false),
+            },
+            StreamKey::Inbox(owner) => match state.inboxes.get(owner) {
+                Some(log) => log.epoch.clone(),
+                None => return Ok(false),
+            },
+        };
+        if to.epoch != current_epoch {
+            // A position in a log that no longer exists says nothing about the current one.
+            return Ok(false);
         }
-        let cursor = state
-            .cursors
-            .entry((user.clone(), stream.clone()))
-            .or_insert(0);
-        *cursor = (*cursor).max(seq);
-        Ok(())
+        let cursor = state.cursors.entry((user.clone(), stream.clone()));
+        let moved = match cursor {
+            std::collections::hash_map::Entry::Occupied(mut stored) => {
+                let stored = stored.get_mut();
+                let behind = stored.seq_in(&current_epoch).is_none_or(|s| s < to.seq);
+                if behind {
+                    *stored = to.clone();
+                }
+                behind
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(to.clone());
+                true
+            }
+        };
+        Ok(moved)
     }
 
     async fn rooms(&self) -> Result<Vec<RoomSummary>> {
@@ -609,23 +630,29 @@ mod tests {
         assert!(!again.came_online && !again.new_member);
 
         let stream = StreamKey::Room(room.clone());
-        backend
+        let epoch = first.head.epoch.clone();
+        for (seq, moves) in [(4, true), (2, false)] {
+            let moved = backend
+                .store
+                .advance_cursor(&user("a"), &stream, &Position::new(epoch.clone(), seq))
+                .await
+                .expect("cursor");
+            assert_eq!(moved, moves, "advance to {seq}");
+        }
+        // A position from another epoch is stale: it neither moves nor replaces the cursor.
+        let stale = backend
             .store
-            .advance_cursor(&user("a"), &stream, 4)
+            .advance_cursor(&user("a"), &stream, &Position::new("gone", 9))
             .await
             .expect("cursor");
-        backend
-            .store
-            .advance_cursor(&user("a"), &stream, 2)
-            .await
-            .expect("cursor");
+        assert!(!stale);
         assert_eq!(
             backend
                 .store
                 .cursor(&user("a"), &stream)
                 .await
                 .expect("cursor"),
-            Some(4)
+            Some(Position::new(epoch, 4))
         );
 
         let off = backend

@@ -23,6 +23,33 @@ pub struct Head {
     pub seq: u64,
 }
 
+/// A position in a log: a seq is only meaningful together with the epoch it was assigned in, so
+/// the two always travel together (read cursors, delivery marks).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// The log's epoch. Empty for a cursor written by a version that stored no epoch: such a
+    /// cursor is taken to belong to the log's current epoch.
+    pub epoch: String,
+    /// The seq within that epoch.
+    pub seq: u64,
+}
+
+impl Position {
+    /// A position in `epoch`.
+    pub fn new(epoch: impl Into<String>, seq: u64) -> Self {
+        Position {
+            epoch: epoch.into(),
+            seq,
+        }
+    }
+
+    /// The seq, if this position belongs to a log whose epoch is `epoch` (a legacy cursor without
+    /// an epoch counts as belonging to it).
+    pub fn seq_in(&self, epoch: &str) -> Option<u64> {
+        (self.epoch.is_empty() || self.epoch == epoch).then_some(self.seq)
+    }
+}
+
 /// Online users and members of a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -59,7 +86,7 @@ pub struct JoinOutcome {
     /// True when the user was not a member before.
     pub new_member: bool,
     /// The user's read cursor on the room, if they have one.
-    pub cursor: Option<u64>,
+    pub cursor: Option<Position>,
 }
 
 /// Result of [`crate::Store::go_offline`].

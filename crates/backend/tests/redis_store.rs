@@ -5,7 +5,7 @@ mod redis_support;
 
 use std::time::Duration;
 
-use chat_backend::{BackendError, BrokerEvent, Counts, Draft, JoinRequest, StreamKey};
+use chat_backend::{BackendError, BrokerEvent, Counts, Draft, JoinRequest, Position, StreamKey};
 use chat_protocol::ServerFrame;
 use redis_support::*;
 
@@ -239,12 +239,16 @@ async fn cursors_never_move_backwards_and_need_membership() {
         let r = room("r");
         let stream = StreamKey::Room(r.clone());
         let ann = user("ann");
+        let epoch = store.head(&stream).await.expect("head").epoch;
+        let at = |seq| Position::new(epoch.clone(), seq);
 
         // Not a member: ignored, like the in-memory backend.
-        store
-            .advance_cursor(&ann, &stream, 3)
-            .await
-            .expect("advance");
+        assert!(
+            !store
+                .advance_cursor(&ann, &stream, &at(3))
+                .await
+                .expect("advance")
+        );
         assert_eq!(store.cursor(&ann, &stream).await.expect("cursor"), None);
 
         let join = JoinRequest {
@@ -254,33 +258,38 @@ async fn cursors_never_move_backwards_and_need_membership() {
             room_name: None,
         };
         assert_eq!(store.join(&join).await.expect("join").cursor, None);
+        for (seq, moves) in [(4, true), (2, false)] {
+            let moved = store.advance_cursor(&ann, &stream, &at(seq)).await;
+            assert_eq!(moved.expect("advance"), moves, "advance to {seq}");
+        }
+        assert_eq!(
+            store.cursor(&ann, &stream).await.expect("cursor"),
+            Some(at(4))
+        );
         store
-            .advance_cursor(&ann, &stream, 4)
+            .advance_cursor(&ann, &stream, &at(9))
             .await
             .expect("advance");
-        store
-            .advance_cursor(&ann, &stream, 2)
-            .await
-            .expect("advance");
-        assert_eq!(store.cursor(&ann, &stream).await.expect("cursor"), Some(4));
-        store
-            .advance_cursor(&ann, &stream, 9)
-            .await
-            .expect("advance");
-        assert_eq!(store.cursor(&ann, &stream).await.expect("cursor"), Some(9));
-        assert_eq!(store.join(&join).await.expect("join").cursor, Some(9));
+        assert_eq!(
+            store.cursor(&ann, &stream).await.expect("cursor"),
+            Some(at(9))
+        );
+        assert_eq!(store.join(&join).await.expect("join").cursor, Some(at(9)));
 
         // Inbox cursors need no membership and are separate from room cursors.
         let inbox = StreamKey::Inbox(ann.clone());
-        store
-            .advance_cursor(&ann, &inbox, 7)
-            .await
-            .expect("advance");
-        store
-            .advance_cursor(&ann, &inbox, 1)
-            .await
-            .expect("advance");
-        assert_eq!(store.cursor(&ann, &inbox).await.expect("cursor"), Some(7));
+        let inbox_epoch = store.head(&inbox).await.expect("head").epoch;
+        for seq in [7, 1] {
+            let to = Position::new(inbox_epoch.clone(), seq);
+            store
+                .advance_cursor(&ann, &inbox, &to)
+                .await
+                .expect("advance");
+        }
+        assert_eq!(
+            store.cursor(&ann, &inbox).await.expect("cursor"),
+            Some(Position::new(inbox_epoch, 7))
+        );
 
         // The cursors hash carries the offline-retention TTL.
         let ttl = raw(&server, &["TTL", "chat:user:ann:cursors"]).await;
@@ -340,10 +349,13 @@ async fn join_names_rooms_and_leave_removes_membership_presence_and_cursor() {
         assert_eq!(b.counts, Counts { num: 2, total: 2 });
 
         let stream = StreamKey::Room(r.clone());
-        store
-            .advance_cursor(&ann, &stream, 3)
-            .await
-            .expect("advance");
+        let epoch = store.head(&stream).await.expect("head").epoch;
+        assert!(
+            store
+                .advance_cursor(&ann, &stream, &Position::new(epoch.clone(), 3))
+                .await
+                .expect("advance")
+        );
         let counts = store.leave(&r, &ann).await.expect("leave");
         assert_eq!(counts, Counts { num: 1, total: 1 });
         assert_eq!(store.members(&r).await.expect("members"), vec![bob.clone()]);
@@ -360,7 +372,7 @@ async fn join_names_rooms_and_leave_removes_membership_presence_and_cursor() {
         ));
         // A cursor for a non-member does not come back.
         store
-            .advance_cursor(&ann, &stream, 5)
+            .advance_cursor(&ann, &stream, &Position::new(epoch, 5))
             .await
             .expect("advance");
         assert_eq!(store.cursor(&ann, &stream).await.expect("cursor"), None);
@@ -712,8 +724,13 @@ async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
         raw(&server, &["HSET", "chat:user:a:cursors", "@a", "zzz"]).await;
         corrupt(
             store
-                .advance_cursor(&user("a"), &StreamKey::Inbox(user("a")), 1)
-                .await,
+                .advance_cursor(
+                    &user("a"),
+                    &StreamKey::Inbox(user("a")),
+                    &Position::new("e", 1),
+                )
+                .await
+                .map(drop),
             "advance a damaged cursor",
         );
         // Members of the wrong type.
@@ -864,6 +881,80 @@ async fn a_retried_direct_message_is_stored_and_published_once() {
             .await
             .expect("head");
         assert_eq!(head.seq, 1);
+    })
+    .await;
+}
+
+/// A position is read and written with its epoch: after the log is reset, the old epoch's cursor
+/// says nothing about the new log, and a stale writer cannot push the new epoch's cursor.
+#[tokio::test]
+async fn cursors_carry_their_epoch() {
+    bounded(async {
+        let server = RedisServer::start();
+        let backend = open(config(&server, "n1")).await;
+        let store = &backend.store;
+        let r = room("r");
+        let stream = StreamKey::Room(r.clone());
+        let ann = user("ann");
+        let join = JoinRequest {
+            room: &r,
+            user: &ann,
+            user_name: "Ann",
+            room_name: None,
+        };
+        let old = store.join(&join).await.expect("join").head.epoch;
+        store
+            .advance_cursor(&ann, &stream, &Position::new(old.clone(), 50))
+            .await
+            .expect("advance");
+        let stored = raw(&server, &["HGET", "chat:user:ann:cursors", "r"]).await;
+        assert_eq!(
+            stored,
+            redis::Value::BulkString(format!("50:{old}").into_bytes())
+        );
+
+        // The log is reset (its meta lost): a new epoch, and the old cursor comes back tagged with
+        // the old epoch so the caller can tell it is not a position in the new log.
+        raw(&server, &["DEL", "chat:room:r:meta"]).await;
+        let joined = store.join(&join).await.expect("join");
+        let new = joined.head.epoch;
+        assert_ne!(new, old);
+        let cursor = joined.cursor.expect("cursor");
+        assert_eq!(cursor.seq_in(&new), None, "{cursor:?}");
+
+        // A writer still on the old epoch is ignored; one on the new epoch replaces the cursor
+        // even though its seq is lower.
+        let stale = store
+            .advance_cursor(&ann, &stream, &Position::new(old.clone(), 60))
+            .await;
+        assert!(!stale.expect("advance"));
+        let fresh = store
+            .advance_cursor(&ann, &stream, &Position::new(new.clone(), 5))
+            .await;
+        assert!(fresh.expect("advance"));
+        assert_eq!(
+            store.cursor(&ann, &stream).await.expect("cursor"),
+            Some(Position::new(new.clone(), 5))
+        );
+
+        // A cursor stored by an older version (a plain seq) counts as the current epoch's.
+        raw(&server, &["HSET", "chat:user:ann:cursors", "r", "7"]).await;
+        assert_eq!(
+            store.cursor(&ann, &stream).await.expect("cursor"),
+            Some(Position::new("", 7))
+        );
+        let behind = store
+            .advance_cursor(&ann, &stream, &Position::new(new.clone(), 6))
+            .await;
+        assert!(!behind.expect("advance"));
+        let ahead = store
+            .advance_cursor(&ann, &stream, &Position::new(new.clone(), 8))
+            .await;
+        assert!(ahead.expect("advance"));
+        assert_eq!(
+            store.cursor(&ann, &stream).await.expect("cursor"),
+            Some(Position::new(new, 8))
+        );
     })
     .await;
 }

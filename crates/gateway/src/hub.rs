@@ -53,11 +53,13 @@ pub enum Outbound {
     Left(RoomId),
 }
 
-/// A delivered stream position.
+/// A delivered stream position: a seq always travels with its epoch.
 #[derive(Debug, Clone)]
 pub struct Mark {
     /// The stream (shared, not cloned per recipient).
     pub stream: Arc<StreamKey>,
+    /// The epoch the seq belongs to (shared, not cloned per recipient).
+    pub epoch: Arc<str>,
     /// The seq delivered.
     pub seq: u64,
 }
@@ -145,7 +147,7 @@ struct LocalStream {
     key: Arc<StreamKey>,
     /// False until the subscription is confirmed and the head read.
     ready: bool,
-    epoch: String,
+    epoch: Arc<str>,
     /// Last seq delivered to this node's connections.
     last: u64,
     conns: HashMap<ConnId, AttachedConn>,
@@ -173,7 +175,7 @@ impl LocalStream {
         LocalStream {
             key: Arc::new(key),
             ready: false,
-            epoch: String::new(),
+            epoch: Arc::from(""),
             last: 0,
             conns: HashMap::new(),
             users: HashMap::new(),
@@ -241,6 +243,7 @@ impl LocalStream {
     fn deliver(&mut self, seq: u64, text: &Utf8Bytes) {
         let mark = Mark {
             stream: self.key.clone(),
+            epoch: self.epoch.clone(),
             seq,
         };
         self.broadcast(text, Some(mark));
@@ -265,7 +268,7 @@ impl LocalStream {
     /// Adopts a new epoch: the log was recreated, seqs start over.
     fn reset_epoch(&mut self, epoch: &str) {
         tracing::warn!(stream = ?self.key, old = %self.epoch, new = %epoch, "stream epoch changed: its log was reset");
-        self.epoch = epoch.to_owned();
+        self.epoch = Arc::from(epoch);
         self.last = 0;
         self.pending.retain(|_, (m, _)| m.epoch == epoch);
         for conn in self.conns.values_mut() {
@@ -336,7 +339,7 @@ impl Hub {
                     .entry(key.clone())
                     .or_insert_with(|| LocalStream::new(key.clone()));
                 stream.ready = true;
-                stream.epoch = head.epoch.clone();
+                stream.epoch = Arc::from(head.epoch.as_str());
                 stream.last = head.seq;
                 stream.pending.retain(|_, (m, _)| m.epoch == head.epoch);
                 stream.drain_pending();
@@ -347,7 +350,7 @@ impl Hub {
                     stream.add(conn, user, user_name);
                 }
                 return Ok(Attached {
-                    epoch: stream.epoch.clone(),
+                    epoch: stream.epoch.to_string(),
                     last: stream.last,
                 });
             }
@@ -378,7 +381,7 @@ impl Hub {
         let stream = state.streams.get_mut(key).filter(|s| s.ready)?;
         stream.add(conn, user, user_name);
         Some(Attached {
-            epoch: stream.epoch.clone(),
+            epoch: stream.epoch.to_string(),
             last: stream.last,
         })
     }
@@ -545,7 +548,7 @@ impl Hub {
             stream.pending.insert(message.seq, (message, text));
             return false;
         }
-        if message.epoch != stream.epoch {
+        if *message.epoch != *stream.epoch {
             stream.reset_epoch(&message.epoch);
         }
         if message.seq <= stream.last {
@@ -652,12 +655,12 @@ impl Hub {
         let Some(stream) = state.streams.get_mut(key) else {
             return Ok(());
         };
-        if stream.epoch != head.epoch {
+        if *stream.epoch != *head.epoch {
             stream.reset_epoch(&head.epoch);
         }
         let mut recovered = 0usize;
         for message in missed {
-            if message.epoch == stream.epoch && message.seq > stream.last {
+            if *message.epoch == *stream.epoch && message.seq > stream.last {
                 let seq = message.seq;
                 let text = Utf8Bytes::from(ServerFrame::Message(message).encode());
                 stream.deliver(seq, &text);
@@ -683,6 +686,6 @@ impl Hub {
             .streams
             .get(key)
             .filter(|s| s.ready)
-            .map(|s| (s.epoch.clone(), s.last))
+            .map(|s| (s.epoch.to_string(), s.last))
     }
 }

@@ -6,26 +6,32 @@
 //! live traffic reaches the connection through the hub. Tests drive it directly with the in-memory
 //! backend and read both queues; `ws.rs` connects it to a real WebSocket.
 //!
-//! Read cursors (the offline queue): for each room the session remembers the highest seq that
-//! reached the socket and the highest seq the client acknowledged. When the connection ends, the
-//! user's cursor moves to the acknowledged seq if the client ever sent `ack` for that room (so
-//! nothing unacknowledged is lost), else to the delivered seq (old clients never ack). Acks are
-//! also written while connected, at most once a second per room, so a node that dies loses little.
+//! Read cursors (the offline queue): for each room the session remembers, within the log's current
+//! epoch, the highest seq that reached the socket and the highest seq the client acknowledged.
+//! When the connection ends, the user's cursor moves to the acknowledged seq if the client ever
+//! sent `ack` for that room (so nothing unacknowledged is lost), else to the delivered seq (old
+//! clients never ack). Acks are also written while connected, at most once a second per room, so
+//! a node that dies loses little. A seq is never read or written without its epoch: when the log
+//! is reset, positions in the old epoch stop counting instead of shadowing the new log's seqs.
+//!
+//! A frame counts as delivered only once the driver has flushed it to the socket: replies carry
+//! the same delivery [`Mark`]s as live frames, so a replay that never reached the client does
+//! not move its cursor.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
-use chat_backend::{BackendError, Draft, JoinRequest, Notice, StreamKey};
+use chat_backend::{BackendError, Draft, JoinRequest, Notice, Position, StreamKey};
 use chat_protocol::client::AckStream;
 use chat_protocol::server::{HistoryPage, Joined, Sent};
 use chat_protocol::{
-    ClientFrame, ErrorCode, HistoryRequest, LoginRequest, LogoutReason, PostRequest,
+    ChatMessage, ClientFrame, ErrorCode, HistoryRequest, LoginRequest, LogoutReason, PostRequest,
     PresenceNotice, ProtocolError, RoomId, ServerFrame, Target, UserId, parse_client_frame,
 };
 
-use crate::hub::{ConnHandle, Mark};
+use crate::hub::{Attached, ConnHandle, Mark};
 use crate::node::Node;
 
 /// Acks are written to the store at most this often per stream while connected.
@@ -38,9 +44,11 @@ struct Identity {
     name: String,
 }
 
-/// What the session knows about its position in one stream.
-#[derive(Debug, Default)]
+/// What the session knows about its position in one stream. Every seq here belongs to `epoch`.
+#[derive(Debug)]
 struct Progress {
+    /// The log's epoch these positions are in.
+    epoch: Arc<str>,
     /// Highest seq written to the socket.
     delivered: u64,
     /// Highest seq the client acknowledged, if it ever did.
@@ -51,13 +59,48 @@ struct Progress {
 }
 
 impl Progress {
-    /// The cursor to store when the connection ends, if it moved.
-    fn final_cursor(&self) -> Option<u64> {
-        match self.acked {
-            Some(acked) => (acked > self.ack_written).then_some(acked),
-            None => (self.delivered > 0).then_some(self.delivered),
+    fn new(epoch: &str) -> Self {
+        Progress {
+            epoch: Arc::from(epoch),
+            delivered: 0,
+            acked: None,
+            ack_written: 0,
+            last_ack_write: None,
         }
     }
+
+    /// Moves to `epoch` if the log was reset: positions in the old epoch mean nothing in the new
+    /// one, so they start over (a client that acks keeps being treated as one).
+    fn follow(&mut self, epoch: &Arc<str>) {
+        if self.epoch != *epoch {
+            self.epoch = epoch.clone();
+            self.delivered = 0;
+            self.acked = self.acked.map(|_| 0);
+            self.ack_written = 0;
+        }
+    }
+
+    fn at(&self, seq: u64) -> Position {
+        Position::new(self.epoch.to_string(), seq)
+    }
+
+    /// The cursor to store when the connection ends, if it moved.
+    fn final_cursor(&self) -> Option<Position> {
+        match self.acked {
+            Some(acked) => (acked > self.ack_written).then(|| self.at(acked)),
+            None => (self.delivered > 0).then(|| self.at(self.delivered)),
+        }
+    }
+}
+
+/// A reply waiting for the socket. `mark` is set on replayed messages: like a live frame's, it
+/// counts as delivered only once the driver has flushed it.
+#[derive(Debug)]
+pub struct Reply {
+    /// The encoded frame.
+    pub text: Utf8Bytes,
+    /// The stream position it delivers, for message frames.
+    pub mark: Option<Mark>,
 }
 
 /// See the module docs.
@@ -67,7 +110,9 @@ pub struct Session {
     user: Option<Identity>,
     rooms: HashMap<RoomId, Progress>,
     inbox: Option<Progress>,
-    replies: VecDeque<Utf8Bytes>,
+    /// The inbox could not be attached or replayed; retried at the next login and every tick.
+    inbox_failed: bool,
+    replies: VecDeque<Reply>,
 }
 
 fn unavailable(e: BackendError) -> ProtocolError {
@@ -93,6 +138,7 @@ impl Session {
             user: None,
             rooms: HashMap::new(),
             inbox: None,
+            inbox_failed: false,
             replies: VecDeque::new(),
         }
     }
@@ -103,8 +149,8 @@ impl Session {
     }
 
     /// Replies produced since the last call, in order. The driver writes them before anything
-    /// from the hub queue.
-    pub fn take_replies(&mut self) -> impl Iterator<Item = Utf8Bytes> + '_ {
+    /// from the hub queue, and reports their marks to [`Session::on_delivered`] once flushed.
+    pub fn take_replies(&mut self) -> impl Iterator<Item = Reply> + '_ {
         self.replies.drain(..)
     }
 
@@ -114,7 +160,31 @@ impl Session {
     }
 
     fn reply(&mut self, frame: &ServerFrame) {
-        self.replies.push_back(Utf8Bytes::from(frame.encode()));
+        self.replies.push_back(Reply {
+            text: Utf8Bytes::from(frame.encode()),
+            mark: None,
+        });
+    }
+
+    /// Queues replayed messages of `key`; each counts as delivered once written.
+    fn reply_replay(&mut self, key: &StreamKey, messages: Vec<ChatMessage>) {
+        let stream = Arc::new(key.clone());
+        let mut epoch: Arc<str> = Arc::from("");
+        for mut message in messages {
+            message.replay = true;
+            if *epoch != *message.epoch {
+                epoch = Arc::from(message.epoch.as_str());
+            }
+            let mark = Mark {
+                stream: stream.clone(),
+                epoch: epoch.clone(),
+                seq: message.seq,
+            };
+            self.replies.push_back(Reply {
+                text: Utf8Bytes::from(ServerFrame::Message(message).encode()),
+                mark: Some(mark),
+            });
+        }
     }
 
     fn reply_error(&mut self, error: ProtocolError) {
@@ -134,7 +204,7 @@ impl Session {
                 let reference = post.client_msg_id.clone();
                 self.post(post).await.map_err(|e| e.with_ref(reference))
             }
-            ClientFrame::Ack { stream, seq } => self.ack(stream, seq).await,
+            ClientFrame::Ack { stream, seq, epoch } => self.ack(stream, seq, epoch).await,
             ClientFrame::History(request) => self.history(request).await,
             ClientFrame::HeartBeat => {
                 self.reply(&ServerFrame::pong());
@@ -161,6 +231,7 @@ impl Session {
             StreamKey::Inbox(_) => self.inbox.as_mut(),
         };
         if let Some(p) = progress {
+            p.follow(&mark.epoch);
             p.delivered = p.delivered.max(mark.seq);
         }
     }
@@ -171,12 +242,15 @@ impl Session {
     }
 
     /// Periodic work (driven by the heartbeat timer): writes acknowledgements held back by the
-    /// once-a-second limit.
+    /// once-a-second limit, and retries attaching a direct-message inbox that failed.
     pub async fn on_tick(&mut self) {
         let Some(user) = self.user.clone() else {
             return;
         };
-        let due: Vec<(StreamKey, u64)> = self
+        if self.inbox.is_none() {
+            self.attach_inbox().await;
+        }
+        let due: Vec<(StreamKey, Position)> = self
             .rooms
             .iter()
             .map(|(r, p)| (StreamKey::Room(r.clone()), p))
@@ -185,10 +259,10 @@ impl Session {
                     .iter()
                     .map(|p| (StreamKey::Inbox(user.id.clone()), p)),
             )
-            .filter_map(|(k, p)| p.acked.filter(|a| *a > p.ack_written).map(|a| (k, a)))
+            .filter_map(|(k, p)| p.acked.filter(|a| *a > p.ack_written).map(|a| (k, p.at(a))))
             .collect();
-        for (key, seq) in due {
-            self.write_ack(&user.id, &key, seq).await;
+        for (key, position) in due {
+            self.write_ack(&user.id, &key, position).await;
         }
     }
 
@@ -204,9 +278,10 @@ impl Session {
                 ),
             ));
         }
-        let already_joined = self.rooms.contains_key(&req.room_id);
-        if !already_joined && self.rooms.len() >= self.node.settings.limits.max_rooms_per_connection
-        {
+        if self.rooms.contains_key(&req.room_id) {
+            return self.login_again(req).await;
+        }
+        if self.rooms.len() >= self.node.settings.limits.max_rooms_per_connection {
             return Err(ProtocolError::new(
                 ErrorCode::TooManyRooms,
                 format!(
@@ -226,23 +301,6 @@ impl Session {
 
         let guard = node.presence_guard(&req.room_id, &req.user_id).await;
         let outcome = node.store.join(&join).await.map_err(unavailable)?;
-        if already_joined {
-            drop(guard);
-            let (epoch, last) = node
-                .hub
-                .position(&key)
-                .unwrap_or((outcome.head.epoch.clone(), outcome.head.seq));
-            self.reply(&ServerFrame::Joined(Joined {
-                room_id: req.room_id,
-                room_name: outcome.room_name,
-                seq: last,
-                epoch,
-                num: outcome.counts.num,
-                total: outcome.counts.total,
-                replayed: 0,
-            }));
-            return Ok(());
-        }
         let attached = match node
             .hub
             .attach(&key, &self.conn, &req.user_id, &req.user_name)
@@ -260,13 +318,6 @@ impl Session {
         };
         drop(guard);
 
-        let first_login = self.user.is_none();
-        if first_login {
-            self.user = Some(Identity {
-                id: req.user_id.clone(),
-                name: req.user_name.clone(),
-            });
-        }
         // The replay runs to the end of the log as the join saw it, or to this node's delivery
         // position if that is further; live frames up to there are skipped (`open_gate`), so a
         // node that lags the store neither delays nor duplicates anything.
@@ -275,13 +326,16 @@ impl Session {
         } else {
             0
         };
-        let mut through = attached.last.max(head);
+        let through = attached.last.max(head);
         // Where the client's knowledge ends: what it says (`since`), else its stored cursor. A
         // position from another epoch means the log was reset: everything in the new one is new.
         let known = match (req.since, &req.epoch) {
             (Some(_), Some(epoch)) if *epoch != attached.epoch => Some(0),
             (Some(since), _) => Some(since),
-            (None, _) => outcome.cursor,
+            (None, _) => outcome
+                .cursor
+                .as_ref()
+                .map(|c| c.seq_in(&attached.epoch).unwrap_or(0)),
         }
         .map(|k| if k > through { 0 } else { k });
         let replay = match known {
@@ -295,19 +349,28 @@ impl Session {
                 match node.store.range(&key, after, through, max, min_ts).await {
                     Ok(messages) => messages,
                     Err(e) => {
-                        // Live delivery then starts where this node is.
-                        through = attached.last;
+                        // Joining without the replay would let live traffic move the cursor past
+                        // what the client never got: undo the join instead, so a retry starts
+                        // from the same cursor.
                         tracing::warn!(room = %req.room_id, error = %e, "could not load missed messages");
-                        self.reply_error(ProtocolError::new(
+                        self.undo_join(&req.room_id, &req.user_id).await;
+                        return Err(ProtocolError::new(
                             ErrorCode::Unavailable,
-                            "joined, but missed messages could not be loaded; send login again with `since`",
+                            "missed messages could not be loaded, so the room was not joined; send login again",
                         ));
-                        Vec::new()
                     }
                 }
             }
             _ => Vec::new(),
         };
+
+        let first_login = self.user.is_none();
+        if first_login {
+            self.user = Some(Identity {
+                id: req.user_id.clone(),
+                name: req.user_name.clone(),
+            });
+        }
         self.reply(&ServerFrame::Joined(Joined {
             room_id: req.room_id.clone(),
             room_name: outcome.room_name,
@@ -317,18 +380,15 @@ impl Session {
             total: outcome.counts.total,
             replayed: replay.len() as u64,
         }));
-        let mut progress = Progress::default();
-        for mut message in replay {
-            message.replay = true;
-            progress.delivered = progress.delivered.max(message.seq);
-            self.reply(&ServerFrame::Message(message));
-        }
-        self.rooms.insert(req.room_id.clone(), progress);
+        self.reply_replay(&key, replay);
+        self.rooms
+            .insert(req.room_id.clone(), Progress::new(&attached.epoch));
         node.hub.open_gate(&key, self.conn.id, through);
 
         if known.is_none() {
             // A new member starts reading at the current end of the log.
-            if let Err(e) = node.store.advance_cursor(&req.user_id, &key, through).await {
+            let start = Position::new(attached.epoch.clone(), through);
+            if let Err(e) = node.store.advance_cursor(&req.user_id, &key, &start).await {
                 tracing::debug!(error = %e, "could not store the initial cursor");
             }
         }
@@ -345,14 +405,86 @@ impl Session {
                 tracing::warn!(room = %req.room_id, error = %e, "could not publish a login notice");
             }
         }
-        if first_login {
+        if self.inbox.is_none() {
             self.attach_inbox().await;
         }
         tracing::debug!(conn = self.conn.id, room = %req.room_id, user = %req.user_id, "joined");
         Ok(())
     }
 
+    /// Takes back a join whose replay failed: detaches the connection and, if it was the user's
+    /// last local one, their presence through this node. No `login` notice went out yet.
+    async fn undo_join(&mut self, room: &RoomId, user: &UserId) {
+        let node = self.node.clone();
+        let _guard = node.presence_guard(room, user).await;
+        let key = StreamKey::Room(room.clone());
+        if node.hub.detach(&key, self.conn.id)
+            && let Err(e) = node.store.go_offline(room, user).await
+        {
+            tracing::warn!(%room, error = %e, "could not undo presence; it expires with its lease");
+        }
+    }
+
+    /// `login` for a room this connection is already in: refreshes presence and answers `joined`
+    /// again. With `since`, what this connection was given after it is sent again, so a client
+    /// that lost frames (or whose earlier replay failed) can catch up without reconnecting.
+    async fn login_again(&mut self, req: LoginRequest) -> Result<(), ProtocolError> {
+        let node = self.node.clone();
+        let key = StreamKey::Room(req.room_id.clone());
+        let join = JoinRequest {
+            room: &req.room_id,
+            user: &req.user_id,
+            user_name: &req.user_name,
+            room_name: req.room_name.as_deref(),
+        };
+        let outcome = {
+            let _guard = node.presence_guard(&req.room_id, &req.user_id).await;
+            node.store.join(&join).await.map_err(unavailable)?
+        };
+        let (epoch, last) = node
+            .hub
+            .position(&key)
+            .unwrap_or((outcome.head.epoch.clone(), outcome.head.seq));
+        let (progress_epoch, delivered) = match self.rooms.get(&req.room_id) {
+            Some(p) => (p.epoch.to_string(), p.delivered),
+            None => (epoch.clone(), 0),
+        };
+        let after = match (req.since, &req.epoch) {
+            (Some(_), Some(e)) if *e != progress_epoch => Some(0),
+            (since, _) => since,
+        };
+        // Frames this connection has not been written yet follow from its queue: the resend
+        // stops at what reached the socket, so nothing arrives out of order.
+        let replay = match after {
+            Some(after) if after < delivered => node
+                .store
+                .range(
+                    &key,
+                    after,
+                    delivered,
+                    node.settings.offline.max_per_room,
+                    0,
+                )
+                .await
+                .map_err(unavailable)?,
+            _ => Vec::new(),
+        };
+        self.reply(&ServerFrame::Joined(Joined {
+            room_id: req.room_id,
+            room_name: outcome.room_name,
+            seq: last,
+            epoch,
+            num: outcome.counts.num,
+            total: outcome.counts.total,
+            replayed: replay.len() as u64,
+        }));
+        self.reply_replay(&key, replay);
+        Ok(())
+    }
+
     /// Attaches the connection to its user's direct-message inbox and replays what they missed.
+    /// On failure the inbox stays detached (its cursor untouched) and is retried at the next
+    /// login and every tick.
     async fn attach_inbox(&mut self) {
         let Some(user) = self.user.clone() else {
             return;
@@ -365,44 +497,67 @@ impl Session {
             .await
         {
             Ok(attached) => attached,
-            Err(e) => {
-                tracing::warn!(user = %user.id, error = %e, "could not attach the direct-message inbox");
-                self.reply_error(ProtocolError::new(
-                    ErrorCode::Unavailable,
-                    "direct messages are unavailable on this connection; reconnect later",
-                ));
-                return;
-            }
+            Err(e) => return self.inbox_unavailable(e),
         };
-        let cursor = node.store.cursor(&user.id, &key).await.unwrap_or_else(|e| {
-            tracing::warn!(user = %user.id, error = %e, "could not read the inbox cursor");
-            Some(attached.last)
-        });
-        // Everything in an inbox is addressed to its owner, so without a cursor (never connected,
-        // or away longer than the cursor TTL) it all counts as missed, within the replay bounds.
-        let after = cursor.map_or(0, |c| if c > attached.last { 0 } else { c });
-        let mut progress = Progress::default();
-        if after < attached.last {
-            let max = node.settings.offline.max_per_room;
-            match node
-                .store
-                .range(&key, after, attached.last, max, node.replay_min_ts())
-                .await
-            {
-                Ok(messages) => {
-                    for mut message in messages {
-                        message.replay = true;
-                        progress.delivered = progress.delivered.max(message.seq);
-                        self.reply(&ServerFrame::Message(message));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(user = %user.id, error = %e, "could not load missed direct messages")
-                }
+        match self.missed_direct_messages(&user.id, &key, &attached).await {
+            Ok((through, missed)) => {
+                self.inbox_failed = false;
+                self.inbox = Some(Progress::new(&attached.epoch));
+                self.reply_replay(&key, missed);
+                node.hub.open_gate(&key, self.conn.id, through);
+            }
+            Err(e) => {
+                node.hub.detach(&key, self.conn.id);
+                self.inbox_unavailable(e);
             }
         }
-        self.inbox = Some(progress);
-        node.hub.open_gate(&key, self.conn.id, attached.last);
+    }
+
+    /// The inbox replay window: everything after the user's cursor up to the later of this node's
+    /// delivery position and the store's head (a node whose delivery lags must not mistake a
+    /// cursor moved elsewhere for one from the future).
+    async fn missed_direct_messages(
+        &self,
+        user: &UserId,
+        key: &StreamKey,
+        attached: &Attached,
+    ) -> Result<(u64, Vec<ChatMessage>), BackendError> {
+        let node = &self.node;
+        let head = node.store.head(key).await?;
+        let cursor = node.store.cursor(user, key).await?;
+        let head = if head.epoch == attached.epoch {
+            head.seq
+        } else {
+            0
+        };
+        let through = attached.last.max(head);
+        // Everything in an inbox is addressed to its owner, so without a cursor in this epoch
+        // (never connected, away longer than the cursor TTL, or the inbox was reset) it all
+        // counts as missed, within the replay bounds.
+        let after = cursor
+            .and_then(|c| c.seq_in(&attached.epoch))
+            .filter(|c| *c <= through)
+            .unwrap_or(0);
+        let missed = if after < through {
+            let max = node.settings.offline.max_per_room;
+            node.store
+                .range(key, after, through, max, node.replay_min_ts())
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok((through, missed))
+    }
+
+    fn inbox_unavailable(&mut self, e: BackendError) {
+        tracing::warn!(conn = self.conn.id, error = %e, "could not attach the direct-message inbox");
+        if !self.inbox_failed {
+            self.inbox_failed = true;
+            self.reply_error(ProtocolError::new(
+                ErrorCode::Unavailable,
+                "direct messages could not be loaded; the server keeps trying",
+            ));
+        }
     }
 
     async fn logout(&mut self, room: RoomId) -> Result<(), ProtocolError> {
@@ -498,7 +653,12 @@ impl Session {
         Ok(())
     }
 
-    async fn ack(&mut self, stream: AckStream, seq: u64) -> Result<(), ProtocolError> {
+    async fn ack(
+        &mut self,
+        stream: AckStream,
+        seq: u64,
+        epoch: Option<String>,
+    ) -> Result<(), ProtocolError> {
         let (user, key) = match stream {
             AckStream::Room(room) => {
                 let user = self.joined_user(&room)?;
@@ -516,29 +676,41 @@ impl Session {
         let Some(progress) = progress else {
             return Ok(());
         };
+        if epoch.is_some_and(|e| *e != *progress.epoch) {
+            // An ack for a log that has been reset says nothing about the current one.
+            return Ok(());
+        }
         // An ack can only vouch for what this connection was given: a larger one (a buggy or
         // hostile client) would move the cursor past messages the user never saw.
         let seq = seq.min(progress.delivered);
-        progress.acked = Some(progress.acked.unwrap_or(0).max(seq));
+        let acked = progress.acked.unwrap_or(0).max(seq);
+        progress.acked = Some(acked);
         let due = progress
             .last_ack_write
             .is_none_or(|t| t.elapsed() >= ACK_WRITE_INTERVAL);
         if due {
-            let acked = progress.acked.unwrap_or(seq);
-            self.write_ack(&user.id, &key, acked).await;
+            let position = progress.at(acked);
+            self.write_ack(&user.id, &key, position).await;
         }
         Ok(())
     }
 
-    async fn write_ack(&mut self, user: &UserId, key: &StreamKey, seq: u64) {
-        match self.node.store.advance_cursor(user, key, seq).await {
-            Ok(()) => {
+    async fn write_ack(&mut self, user: &UserId, key: &StreamKey, position: Position) {
+        match self.node.store.advance_cursor(user, key, &position).await {
+            Ok(moved) => {
                 let progress = match key {
                     StreamKey::Room(room) => self.rooms.get_mut(room),
                     StreamKey::Inbox(_) => self.inbox.as_mut(),
                 };
-                if let Some(p) = progress {
-                    p.ack_written = p.ack_written.max(seq);
+                if let Some(p) = progress
+                    && *p.epoch == *position.epoch
+                {
+                    // Not moved can mean the store cannot take it yet (membership or epoch still
+                    // being restored after a Redis restart): keep it due, so the next tick and
+                    // the end of the session try again.
+                    if moved {
+                        p.ack_written = p.ack_written.max(position.seq);
+                    }
                     p.last_ack_write = Some(Instant::now());
                 }
             }
@@ -573,7 +745,7 @@ impl Session {
         for (room, progress) in std::mem::take(&mut self.rooms) {
             let key = StreamKey::Room(room.clone());
             if let Some(cursor) = progress.final_cursor()
-                && let Err(e) = node.store.advance_cursor(&user.id, &key, cursor).await
+                && let Err(e) = node.store.advance_cursor(&user.id, &key, &cursor).await
             {
                 tracing::warn!(%room, error = %e, "could not store the read cursor");
             }
@@ -608,7 +780,7 @@ impl Session {
             let key = StreamKey::Inbox(user.id.clone());
             node.hub.detach(&key, self.conn.id);
             if let Some(cursor) = progress.final_cursor()
-                && let Err(e) = node.store.advance_cursor(&user.id, &key, cursor).await
+                && let Err(e) = node.store.advance_cursor(&user.id, &key, &cursor).await
             {
                 tracing::warn!(error = %e, "could not store the inbox cursor");
             }

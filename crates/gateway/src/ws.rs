@@ -128,10 +128,11 @@ async fn write_batch(
     first: Option<Outbound>,
 ) -> Result<(), ()> {
     let replies: Vec<_> = session.take_replies().collect();
-    for text in replies {
-        sink.feed(Message::Text(text)).await.map_err(|_| ())?;
-    }
     let mut marks = Vec::new();
+    for reply in replies {
+        sink.feed(Message::Text(reply.text)).await.map_err(|_| ())?;
+        marks.extend(reply.mark);
+    }
     let mut next = first;
     let mut written = 0;
     while let Some(item) = next.take() {

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 struct Harness {
     node: Arc<Node>,
+    /// Cancel to stop the hub's pump: the node then lags the store, as a busy node does.
+    pump: CancellationToken,
 }
 
 /// One simulated connection: its session and the hub queue a socket driver would drain.
@@ -29,6 +31,7 @@ impl Harness {
             history_per_room: settings.history.per_room,
         });
         let shutdown = CancellationToken::new();
+        let pump = shutdown.child_token();
         let node = Node::new(
             "test".into(),
             settings,
@@ -40,9 +43,9 @@ impl Harness {
         tokio::spawn(
             node.hub
                 .clone()
-                .run_pump(backend.events, Duration::from_secs(5), shutdown),
+                .run_pump(backend.events, Duration::from_secs(5), pump.clone()),
         );
-        Harness { node }
+        Harness { node, pump }
     }
 
     fn connect(&self) -> Conn {
@@ -60,11 +63,18 @@ impl Conn {
         self.session.on_text(text).await;
     }
 
+    /// The session's replies, as the driver writes them: every one reaches the socket, so its
+    /// delivery marks are reported back.
     fn replies(&mut self) -> Vec<ServerFrame> {
-        self.session
-            .take_replies()
-            .map(|t| ServerFrame::decode(t.as_str()).expect("server frame"))
-            .collect()
+        let replies: Vec<_> = self.session.take_replies().collect();
+        let mut frames = Vec::new();
+        for reply in replies {
+            if let Some(mark) = &reply.mark {
+                self.session.on_delivered(mark);
+            }
+            frames.push(ServerFrame::decode(reply.text.as_str()).expect("server frame"));
+        }
+        frames
     }
 
     /// Next frame the hub queued for this connection (as the driver would write it).
@@ -243,4 +253,103 @@ async fn bad_frames_get_errors_and_change_nothing() {
     );
     let rooms = h.node.store.rooms().await.expect("rooms");
     assert_eq!(rooms.len(), 1, "the refused login created nothing");
+}
+
+fn post(room: &str, text: &str) -> String {
+    format!(r#"{{"event":"message","roomId":"{room}","content":"{text}"}}"#)
+}
+
+fn direct(to: &str, text: &str) -> String {
+    format!(r#"{{"event":"message","toUserId":"{to}","content":"{text}"}}"#)
+}
+
+/// Defect 6: a replayed message counts as delivered when the driver has written it, not when it
+/// was queued. A connection that fails before writing its replay leaves the cursor where it was.
+#[tokio::test]
+async fn a_replay_that_never_reached_the_socket_does_not_move_the_cursor() {
+    let h = Harness::new();
+    let mut ann = h.connect();
+    ann.send(&login("r", "ann")).await;
+    ann.replies();
+    let mut bob = h.connect();
+    bob.send(&login("r", "bob")).await;
+    bob.replies();
+    bob.session.finish().await;
+    for i in 1..=20 {
+        ann.send(&post("r", &format!("m{i}"))).await;
+    }
+
+    // Bob comes back; his replay is queued, then the socket fails before any of it is written.
+    let mut lost = h.connect();
+    lost.send(&login("r", "bob")).await;
+    let queued = lost.session.take_replies().count();
+    assert_eq!(queued, 21, "joined and the 20 missed messages");
+    lost.session.finish().await;
+
+    let mut back = h.connect();
+    back.send(&login("r", "bob")).await;
+    let replies = back.replies();
+    let ServerFrame::Joined(joined) = &replies[0] else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(
+        joined.replayed, 20,
+        "the unwritten replay is still owed: {replies:?}"
+    );
+}
+
+/// Suspected defect: the inbox replay compared the stored cursor with this node's delivery
+/// position. On a node whose delivery lags, a cursor moved by an ack elsewhere looked like one
+/// from the future, was reset to 0 and the whole inbox replayed. The window now ends at the
+/// later of the node's position and the store's head.
+#[tokio::test]
+async fn a_lagging_node_does_not_replay_direct_messages_acked_elsewhere() {
+    let h = Harness::new();
+    let mut ann = h.connect();
+    ann.send(&login("a", "ann")).await;
+    ann.replies();
+    let mut sender = h.connect();
+    sender.send(&login("b", "sam")).await;
+    sender.replies();
+    for i in 1..=3 {
+        sender.send(&direct("ann", &format!("dm{i}"))).await;
+    }
+    let mut live = 0;
+    while live < 3 {
+        if let ServerFrame::Message(m) = ann.live().await
+            && m.to_user_id.is_some()
+        {
+            live += 1;
+        }
+    }
+    // The node stops keeping up: dm4 and dm5 are stored, but not yet delivered here.
+    h.pump.cancel();
+    for i in 4..=5 {
+        sender.send(&direct("ann", &format!("dm{i}"))).await;
+    }
+    // Ann reads all five through another node, which acks them.
+    let inbox = chat_backend::StreamKey::Inbox(chat_protocol::UserId::new("ann").expect("id"));
+    let head = h.node.store.head(&inbox).await.expect("head");
+    assert_eq!(head.seq, 5);
+    let acked = chat_backend::Position::new(head.epoch, 5);
+    let ann_id = chat_protocol::UserId::new("ann").expect("id");
+    assert!(
+        h.node
+            .store
+            .advance_cursor(&ann_id, &inbox, &acked)
+            .await
+            .expect("cursor")
+    );
+
+    let mut again = h.connect();
+    again.send(&login("c", "ann")).await;
+    let replayed: Vec<u64> = again
+        .replies()
+        .into_iter()
+        .filter_map(|f| match f {
+            ServerFrame::Message(m) if m.to_user_id.is_some() => Some(m.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replayed, Vec::<u64>::new(), "everything was acked already");
 }

@@ -48,6 +48,9 @@ pub enum ClientFrame {
         stream: AckStream,
         /// Everything up to and including this seq has arrived.
         seq: u64,
+        /// The epoch `seq` belongs to, if the client says: an ack for a log that has since been
+        /// reset acknowledges nothing in the new one.
+        epoch: Option<String>,
     },
     /// A page of a room's history.
     History(HistoryRequest),
@@ -178,7 +181,8 @@ fn parse_object(fields: &Fields<'_>, limits: &Limits) -> Result<ClientFrame, Pro
             let seq = fields.optional_u64("seq")?.ok_or_else(|| {
                 ProtocolError::new(ErrorCode::MissingField, "`seq` is required for `ack`")
             })?;
-            Ok(ClientFrame::Ack { stream, seq })
+            let epoch = fields.optional_name("epoch")?;
+            Ok(ClientFrame::Ack { stream, seq, epoch })
         }
         "history" => {
             let room_id = fields.room_id("history")?;
@@ -444,14 +448,24 @@ mod tests {
             parse(r#"{"event":"ack","roomId":"r","seq":5}"#).expect("ack"),
             ClientFrame::Ack {
                 stream: AckStream::Room(RoomId::new("r").expect("id")),
-                seq: 5
+                seq: 5,
+                epoch: None,
             }
         );
         assert_eq!(
             parse(r#"{"event":"ack","direct":true,"seq":2}"#).expect("dm ack"),
             ClientFrame::Ack {
                 stream: AckStream::Direct,
-                seq: 2
+                seq: 2,
+                epoch: None,
+            }
+        );
+        assert_eq!(
+            parse(r#"{"event":"ack","roomId":"r","seq":3,"epoch":"e1"}"#).expect("ack with epoch"),
+            ClientFrame::Ack {
+                stream: AckStream::Room(RoomId::new("r").expect("id")),
+                seq: 3,
+                epoch: Some("e1".into()),
             }
         );
         assert_eq!(

@@ -7,7 +7,7 @@
 
 use chat_protocol::{RoomId, UserId};
 
-use crate::StreamKey;
+use crate::{Position, StreamKey};
 
 /// Builds key and channel names under the configured prefix.
 #[derive(Debug, Clone)]
@@ -138,6 +138,23 @@ impl Keys {
     }
 }
 
+impl Keys {
+    /// A stored cursor: `seq:epoch`, or a plain `seq` written by versions that stored no epoch
+    /// (taken to belong to the log's current epoch, hence the empty epoch).
+    pub(crate) fn parse_cursor_value(text: &str) -> Option<Position> {
+        let (seq, epoch) = text.split_once(':').unwrap_or((text, ""));
+        let plain_id = epoch.len() <= 64
+            && epoch
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let digits = !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit());
+        if !digits || !plain_id || (text.contains(':') && epoch.is_empty()) {
+            return None;
+        }
+        Some(Position::new(epoch, seq.parse().ok()?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +184,26 @@ mod tests {
         assert_eq!(keys.inbox_meta(&user), "chat:user:ann:inbox:meta");
         assert_eq!(keys.cursors(&user), "chat:user:ann:cursors");
         assert_eq!(Keys::cursor_field(&StreamKey::Inbox(user)), "@ann");
+    }
+
+    #[test]
+    fn cursor_values_carry_their_epoch() {
+        assert_eq!(
+            Keys::parse_cursor_value("42:e-1_x"),
+            Some(Position::new("e-1_x", 42))
+        );
+        assert_eq!(Keys::parse_cursor_value("42"), Some(Position::new("", 42)));
+        for bad in [
+            "",
+            "x",
+            "4 2",
+            "42:",
+            ":e",
+            "42:e:f",
+            "-1:e",
+            "99999999999999999999999:e",
+        ] {
+            assert_eq!(Keys::parse_cursor_value(bad), None, "{bad:?}");
+        }
     }
 }

@@ -18,7 +18,7 @@ use super::scripts::Scripts;
 use crate::memory::new_epoch;
 use crate::{
     BackendError, Counts, DirectPosted, Draft, Head, JoinOutcome, JoinRequest, LeaveOutcome,
-    Posted, PresenceEntry, Reaped, Result, Revived, RoomSummary, Store, StreamKey,
+    Position, Posted, PresenceEntry, Reaped, Result, Revived, RoomSummary, Store, StreamKey,
 };
 
 /// Entries per `refresh_presence` script call: keeps each script short, so one node's refresh
@@ -126,15 +126,16 @@ fn flag(what: &str, value: &Value) -> Result<bool> {
     Ok(reply::int(what, value)? != 0)
 }
 
-fn parse_cursor(what: &str, value: Value) -> Result<Option<u64>> {
-    match reply::opt_string(what, value)? {
-        None => Ok(None),
-        Some(s) if s.is_empty() => Ok(None),
-        Some(s) => s
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| BackendError::Corrupt(format!("{what}: cursor {s:?} is not a seq"))),
+fn parse_cursor(what: &str, value: Value) -> Result<Option<Position>> {
+    let Some(text) = reply::opt_string(what, value)? else {
+        return Ok(None);
+    };
+    if text.is_empty() {
+        return Ok(None);
     }
+    Keys::parse_cursor_value(&text)
+        .map(Some)
+        .ok_or_else(|| BackendError::Corrupt(format!("{what}: cursor {text:?} is not a position")))
 }
 
 fn posted(what: &str, seq: &Value, epoch: Value, ts: &Value) -> Result<Posted> {
@@ -454,7 +455,7 @@ impl Store for RedisStore {
         Ok((epoch, messages))
     }
 
-    async fn cursor(&self, user: &UserId, stream: &StreamKey) -> Result<Option<u64>> {
+    async fn cursor(&self, user: &UserId, stream: &StreamKey) -> Result<Option<Position>> {
         const W: &str = "cursor";
         let mut cmd = redis::cmd("HGET");
         cmd.arg(self.keys.cursors(user))
@@ -462,19 +463,24 @@ impl Store for RedisStore {
         parse_cursor(W, self.redis.query(W, &cmd).await?)
     }
 
-    async fn advance_cursor(&self, user: &UserId, stream: &StreamKey, seq: u64) -> Result<()> {
+    async fn advance_cursor(
+        &self,
+        user: &UserId,
+        stream: &StreamKey,
+        to: &Position,
+    ) -> Result<bool> {
         const W: &str = "advance_cursor";
         let mut inv = self.scripts.advance_cursor.prepare_invoke();
-        inv.key(self.keys.cursors(user));
+        inv.key(self.keys.cursors(user)).key(self.keys.meta(stream));
         if let StreamKey::Room(room) = stream {
             inv.key(self.keys.room_members(room));
         }
         inv.arg(Keys::cursor_field(stream))
-            .arg(seq)
+            .arg(to.seq)
+            .arg(&to.epoch)
             .arg(self.cursor_ttl_secs)
             .arg(user.as_str());
-        reply::int(W, &self.redis.script(W, &inv).await?)?;
-        Ok(())
+        flag(W, &self.redis.script(W, &inv).await?)
     }
 
     async fn rooms(&self) -> Result<Vec<RoomSummary>> {

@@ -32,6 +32,19 @@ local function valid_epoch(epoch)
   return type(epoch) == 'string' and #epoch <= 64 and string.match(epoch, '^[%w_%-]+$') ~= nil
 end
 
+-- A stored read cursor, `seq:epoch` or (written by older versions) a plain `seq`: returns the seq
+-- as a number and the epoch ('' for the plain form), or fails as corrupt.
+local function parse_cursor(text, where)
+  local seq, epoch = string.match(text, '^(%d+):([%w_%-]+)$')
+  if not seq then
+    seq, epoch = string.match(text, '^(%d+)$'), ''
+  end
+  if not seq then
+    corrupt('cursor ' .. where .. ' is not a position')
+  end
+  return tonumber(seq), epoch
+end
+
 -- A log's meta HASH (and its ZSET when given) must be readable before anything is appended.
 local function check_log(meta, log)
   check_type(meta, 'hash')

@@ -4,7 +4,8 @@
 -- ARGV[1] user, ARGV[2] user name, ARGV[3] room name ('' = none given), ARGV[4] room id,
 -- ARGV[5] epoch candidate, ARGV[6] node id, ARGV[7] presence TTL ms, ARGV[8] cursor field,
 -- ARGV[9] cursor TTL s
--- Returns {room name, epoch, seq text, num, total, came online 0/1, new member 0/1, cursor text or ''}.
+-- Returns {room name, epoch, seq text, num, total, came online 0/1, new member 0/1,
+-- cursor (`seq:epoch` or a legacy plain seq) or ''}.
 --
 -- Expired `online` entries of other users are deliberately NOT pruned here: reap_presence owns
 -- them, because each one must be reported exactly once so a `logout` notice goes out for it.
@@ -17,8 +18,8 @@ check_type(KEYS[6], 'set')
 check_type(KEYS[7], 'hash')
 check_type(KEYS[8], 'zset')
 local cursor = redis.call('HGET', KEYS[7], ARGV[8]) or ''
-if cursor ~= '' and not string.match(cursor, '^%d+$') then
-  corrupt('cursor ' .. ARGV[8] .. ' in ' .. KEYS[7] .. ' is not a number')
+if cursor ~= '' then
+  parse_cursor(cursor, ARGV[8] .. ' in ' .. KEYS[7])
 end
 local now = now_ms()
 local exp = now + tonumber(ARGV[7])
