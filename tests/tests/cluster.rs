@@ -403,8 +403,10 @@ async fn the_keys_in_redis_are_the_documented_ones() {
     let first: Value = chat_tests::serde_json::from_str(log.lines().next().unwrap_or("{}"))
         .expect("log entries are JSON");
     assert_eq!(first["content"], "hello");
+    // A cursor is `seq:epoch`: a seq means nothing without the log it belongs to.
     let cursor = cluster.redis_cli(&["HGET", "chat:user:bob:cursors", "r1"]);
-    assert_eq!(cursor, "1");
+    let epoch = cluster.redis_cli(&["HGET", "chat:room:r1:meta", "epoch"]);
+    assert_eq!(cursor, format!("1:{epoch}"));
 }
 
 #[tokio::test]

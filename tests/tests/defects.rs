@@ -175,3 +175,43 @@ fn direct_contents(frames: Vec<ServerFrame>) -> Vec<String> {
         })
         .collect()
 }
+
+/// Defect 2: the presence refresh read the node's presence without the presence lock, so a
+/// refresh built before a logout could be written after it and bring the user back: others saw
+/// `login` after `logout`, and the user stayed a member for good. Redis pausing writes widens the
+/// window to several refresh periods: the logout's store call waits, the refreshes queue behind
+/// it.
+#[tokio::test]
+async fn a_presence_refresh_never_brings_back_a_user_who_logged_out() {
+    let cluster = Cluster::start(&[
+        ("CHAT__PRESENCE__TTL_SECS", "2"),
+        ("CHAT__REDIS__COMMAND_TIMEOUT_MS", "10000"),
+    ])
+    .await;
+    let mut watcher = cluster.client(0, "watcher").await;
+    watcher.login("r", "w", "W").await;
+    let mut u = cluster.client(0, "u").await;
+    u.login("r", "u", "U").await;
+    watcher.recv_login_of("r", "u").await;
+
+    cluster.redis_cli(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    u.send_json(json!({"event": "logout", "roomId": "r"})).await;
+    let confirmed = u.recv_logout_of("r", "u").await;
+    assert_eq!(confirmed.total, 1);
+    watcher.recv_logout_of("r", "u").await;
+
+    // Several refresh periods later, u is still gone: no member, not online, no `login` shown.
+    watcher.stay_open_for(Duration::from_secs(3)).await;
+    let resurrected: Vec<_> = watcher
+        .take_pending()
+        .into_iter()
+        .filter(|f| matches!(f, ServerFrame::Login(n) if n.user_id.as_str() == "u"))
+        .collect();
+    assert!(resurrected.is_empty(), "u came back: {resurrected:?}");
+    assert_eq!(cluster.redis_cli(&["SMEMBERS", "chat:room:r:members"]), "w");
+    assert_eq!(
+        cluster.redis_cli(&["ZSCORE", "chat:room:r:online", "u"]),
+        ""
+    );
+    assert_eq!(room_counts(&cluster.nodes[1], "r").await, Some((1, 1)));
+}

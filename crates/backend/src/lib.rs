@@ -48,6 +48,10 @@ pub trait Store: Send + Sync + 'static {
     /// Adds `user` to the room's members and marks them online through this node. Returns the room's
     /// state after the join, whether the user just came online (had no live connection in the room
     /// on any node), and the user's read cursor.
+    ///
+    /// Every presence change of a room (join, going offline, leaving, reaping, revival) takes the
+    /// next *presence seq* of the room and reports it, so nodes can order notices about one user
+    /// and tell a join from before a logout from one after it.
     async fn join(&self, req: &JoinRequest<'_>) -> Result<JoinOutcome>;
 
     /// The user's last local connection in the room on this node went away. They stay a member.
@@ -56,13 +60,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// `logout`: the user stops being a member, and is no longer online in the room on any node.
     /// Their cursor for the room is dropped.
-    async fn leave(&self, room: &RoomId, user: &UserId) -> Result<Counts>;
+    async fn leave(&self, room: &RoomId, user: &UserId) -> Result<LeaveOutcome>;
 
     /// Keeps this node's presence entries alive (they expire after the presence lease otherwise,
     /// which is how a killed node's users disappear). `entries` are all (room, user) pairs that
-    /// have a live connection on this node. Returns the users this put back online after they had
-    /// been reaped or lost, so the caller can announce them.
-    async fn refresh_presence(&self, entries: &[PresenceEntry]) -> Result<Vec<Revived>>;
+    /// have a live connection on this node. Restores what a live connection implies when the
+    /// room's data was lost (same epoch check as below), and reports the users this put back
+    /// online so the caller can announce them. An entry whose user is no longer a member although
+    /// the room's epoch is the one they joined in and its presence seq is past their join logged
+    /// out elsewhere: it is reported as departed, not restored.
+    async fn refresh_presence(&self, entries: &[PresenceEntry]) -> Result<Refreshed>;
 
     /// Removes users of `room` whose presence expired (their node died) and reports each one with
     /// the counts after its removal, so the caller can send `logout` notices. Safe to run on many

@@ -14,9 +14,9 @@ use chat_protocol::{ChatMessage, RoomId, ServerFrame, UserId};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::{
-    Backend, Broker, BrokerEvent, Channel, Counts, DirectPosted, Draft, EVENT_QUEUE, Head,
-    JoinOutcome, JoinRequest, LeaveOutcome, Notice, Position, Posted, PresenceEntry, Reaped,
-    Result, Revived, RoomSummary, Store, StreamKey,
+    Backend, Broker, BrokerEvent, Channel, Counts, Departed, DirectPosted, Draft, EVENT_QUEUE,
+    Head, JoinOutcome, JoinRequest, LeaveOutcome, Notice, Position, Posted, PresenceEntry, Reaped,
+    Refreshed, Result, RoomSummary, Store, StreamKey,
 };
 
 /// Settings of the embedded backend.
@@ -63,6 +63,8 @@ struct Room {
     /// Users with a live connection (on this, the only, node).
     online: HashSet<UserId>,
     log: Log,
+    /// The room's presence seq: taken by every presence change.
+    presence_seq: u64,
 }
 
 impl Room {
@@ -72,7 +74,13 @@ impl Room {
             members: BTreeMap::new(),
             online: HashSet::new(),
             log: Log::new(),
+            presence_seq: 0,
         }
+    }
+
+    fn next_presence_seq(&mut self) -> u64 {
+        self.presence_seq += 1;
+        self.presence_seq
     }
 
     fn counts(&self) -> Counts {
@@ -234,6 +242,7 @@ impl Store for Shared {
             came_online,
             new_member,
             cursor,
+            presence_seq: room.next_presence_seq(),
         })
     }
 
@@ -243,31 +252,58 @@ impl Store for Shared {
             return Ok(LeaveOutcome {
                 went_offline: false,
                 counts: Counts::default(),
+                presence_seq: 0,
             });
         };
         let went_offline = room.online.remove(user);
         Ok(LeaveOutcome {
             went_offline,
             counts: room.counts(),
+            presence_seq: room.next_presence_seq(),
         })
     }
 
-    async fn leave(&self, room_id: &RoomId, user: &UserId) -> Result<Counts> {
+    async fn leave(&self, room_id: &RoomId, user: &UserId) -> Result<LeaveOutcome> {
         let mut state = self.state.lock().await;
         state
             .cursors
             .remove(&(user.clone(), StreamKey::Room(room_id.clone())));
-        let Some(room) = state.rooms.get_mut(room_id) else {
-            return Ok(Counts::default());
-        };
-        room.online.remove(user);
+        let room = state
+            .rooms
+            .entry(room_id.clone())
+            .or_insert_with(|| Room::new(room_id));
+        let went_offline = room.online.remove(user);
         room.members.remove(user);
-        Ok(room.counts())
+        Ok(LeaveOutcome {
+            went_offline,
+            counts: room.counts(),
+            presence_seq: room.next_presence_seq(),
+        })
     }
 
-    async fn refresh_presence(&self, _entries: &[PresenceEntry]) -> Result<Vec<Revived>> {
-        // One node, no TTLs: presence lives exactly as long as the process.
-        Ok(Vec::new())
+    async fn refresh_presence(&self, entries: &[PresenceEntry]) -> Result<Refreshed> {
+        // One node, no TTLs: presence lives exactly as long as the process, so nothing is ever
+        // revived. A logout whose notice the node missed is still reported, as the contract says.
+        let state = self.state.lock().await;
+        let mut refreshed = Refreshed::default();
+        for entry in entries {
+            let Some(room) = state.rooms.get(&entry.room) else {
+                continue;
+            };
+            if !room.members.contains_key(&entry.user)
+                && room.log.epoch == entry.epoch
+                && room.presence_seq >= entry.joined_at
+            {
+                refreshed.departed.push(Departed {
+                    room: entry.room.clone(),
+                    user: entry.user.clone(),
+                    user_name: entry.user_name.clone(),
+                    presence_seq: room.presence_seq,
+                    counts: room.counts(),
+                });
+            }
+        }
+        Ok(refreshed)
     }
 
     async fn reap_presence(&self, _room: &RoomId) -> Result<Vec<Reaped>> {
@@ -662,8 +698,9 @@ mod tests {
             .expect("offline");
         assert!(off.went_offline);
         assert_eq!(off.counts, Counts { num: 0, total: 1 });
-        let counts = backend.store.leave(&room, &user("a")).await.expect("leave");
-        assert_eq!(counts, Counts { num: 0, total: 0 });
+        let left = backend.store.leave(&room, &user("a")).await.expect("leave");
+        assert_eq!(left.counts, Counts { num: 0, total: 0 });
+        assert!(left.presence_seq > off.presence_seq);
         assert_eq!(
             backend
                 .store

@@ -87,18 +87,24 @@ pub struct JoinOutcome {
     pub new_member: bool,
     /// The user's read cursor on the room, if they have one.
     pub cursor: Option<Position>,
+    /// The room's presence seq taken by this join (see [`crate::Store::join`]).
+    pub presence_seq: u64,
 }
 
-/// Result of [`crate::Store::go_offline`].
+/// Result of [`crate::Store::go_offline`] and [`crate::Store::leave`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaveOutcome {
-    /// True when the user has no live connection in the room on any node anymore.
+    /// True when the user has no live connection in the room on any node anymore (for `leave`:
+    /// was online before it).
     pub went_offline: bool,
     /// Counts after the change.
     pub counts: Counts,
+    /// The room's presence seq taken by the change.
+    pub presence_seq: u64,
 }
 
-/// A (room, user) pair a node vouches for: the user has a live connection in the room there.
+/// A (room, user) pair a node vouches for: the user has a live connection in the room there,
+/// joined at `joined_at` in the room's presence seqs while its log had epoch `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceEntry {
     /// The room.
@@ -107,6 +113,35 @@ pub struct PresenceEntry {
     pub user: UserId,
     /// Their display name (restored in the store if it was lost).
     pub user_name: String,
+    /// The room's log epoch at the join: a different one now means the room's data was lost.
+    pub epoch: String,
+    /// The presence seq of the newest join the node vouches for.
+    pub joined_at: u64,
+}
+
+/// Result of [`crate::Store::refresh_presence`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refreshed {
+    /// Users put back online.
+    pub revived: Vec<Revived>,
+    /// Users who logged out of the room after the join the node vouched for (their `left` notice
+    /// never reached it): the node must drop their connections from the room.
+    pub departed: Vec<Departed>,
+}
+
+/// See [`Refreshed::departed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departed {
+    /// The room.
+    pub room: RoomId,
+    /// The user.
+    pub user: UserId,
+    /// Their display name.
+    pub user_name: String,
+    /// The room's presence seq now (at or after the logout).
+    pub presence_seq: u64,
+    /// Counts now.
+    pub counts: Counts,
 }
 
 /// A user a presence refresh put back online: their entry had been reaped (their node stalled
@@ -121,6 +156,8 @@ pub struct Revived {
     pub user_name: String,
     /// Counts after the refresh.
     pub counts: Counts,
+    /// The room's presence seq taken by the revival.
+    pub presence_seq: u64,
 }
 
 /// A user removed from a room's presence because their node stopped refreshing it.
@@ -132,6 +169,8 @@ pub struct Reaped {
     pub user_name: String,
     /// Counts after the removal.
     pub counts: Counts,
+    /// The room's presence seq taken by the removal.
+    pub presence_seq: u64,
 }
 
 /// A message before it has a seq.

@@ -60,6 +60,7 @@ async fn two_nodes_see_each_others_posts_notices_and_direct_messages() {
             num: 1,
             total: 2,
             reason: Some(LogoutReason::Offline),
+            presence_seq: Some(3),
         };
         a.broker
             .publish_notice(&Notice::Logout(notice.clone()))

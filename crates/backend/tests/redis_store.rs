@@ -5,7 +5,9 @@ mod redis_support;
 
 use std::time::Duration;
 
-use chat_backend::{BackendError, BrokerEvent, Counts, Draft, JoinRequest, Position, StreamKey};
+use chat_backend::{
+    BackendError, BrokerEvent, Counts, Draft, JoinRequest, Position, Refreshed, StreamKey,
+};
 use chat_protocol::ServerFrame;
 use redis_support::*;
 
@@ -356,8 +358,9 @@ async fn join_names_rooms_and_leave_removes_membership_presence_and_cursor() {
                 .await
                 .expect("advance")
         );
-        let counts = store.leave(&r, &ann).await.expect("leave");
-        assert_eq!(counts, Counts { num: 1, total: 1 });
+        let left = store.leave(&r, &ann).await.expect("leave");
+        assert_eq!(left.counts, Counts { num: 1, total: 1 });
+        assert!(left.went_offline);
         assert_eq!(store.members(&r).await.expect("members"), vec![bob.clone()]);
         assert_eq!(store.cursor(&ann, &stream).await.expect("cursor"), None);
         assert!(matches!(
@@ -528,6 +531,7 @@ async fn expired_presence_is_reaped_exactly_once_when_a_node_stops_refreshing() 
             .refresh_presence(&[entry(&r, &ann, "Ann")])
             .await
             .expect("refresh");
+        let back = back.revived;
         assert_eq!(back.len(), 1, "{back:?}");
         assert_eq!(
             (&back[0].room, &back[0].user, back[0].user_name.as_str()),
@@ -539,7 +543,7 @@ async fn expired_presence_is_reaped_exactly_once_when_a_node_stops_refreshing() 
             .refresh_presence(&[entry(&r, &ann, "Ann")])
             .await
             .expect("refresh");
-        assert!(again.is_empty(), "{again:?}");
+        assert_eq!(again, Refreshed::default());
     })
     .await;
 }
@@ -551,7 +555,8 @@ async fn refresh_restores_what_a_flush_lost_for_connected_users() {
         let a = open(config(&server, "node-a")).await;
         let r = room("r");
         let ann = user("ann");
-        a.store
+        let joined = a
+            .store
             .join(&JoinRequest {
                 room: &r,
                 user: &ann,
@@ -561,11 +566,13 @@ async fn refresh_restores_what_a_flush_lost_for_connected_users() {
             .await
             .expect("join");
         raw(&server, &["FLUSHALL"]).await;
+        let vouched = joined_entry(&r, &ann, "Ann", &joined.head.epoch, joined.presence_seq);
         let back = a
             .store
-            .refresh_presence(&[entry(&r, &ann, "Ann")])
+            .refresh_presence(&[vouched])
             .await
-            .expect("refresh");
+            .expect("refresh")
+            .revived;
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].counts, Counts { num: 1, total: 1 });
         assert_eq!(
@@ -955,6 +962,88 @@ async fn cursors_carry_their_epoch() {
             store.cursor(&ann, &stream).await.expect("cursor"),
             Some(Position::new(new, 8))
         );
+    })
+    .await;
+}
+
+/// Defect 2 at the store: a refresh built from a snapshot taken before a logout must not bring the
+/// user back after it. The refresh names the join it vouches for; a user who is no longer a
+/// member of a room whose epoch and presence seq show a later change is reported as departed.
+#[tokio::test]
+async fn a_refresh_does_not_restore_a_user_who_logged_out_after_the_vouched_join() {
+    bounded(async {
+        let server = RedisServer::start();
+        let a = open(config(&server, "node-a")).await;
+        let r = room("r");
+        let (ann, bob) = (user("ann"), user("bob"));
+        let join = |u| JoinRequest {
+            room: &r,
+            user: u,
+            user_name: "X",
+            room_name: None,
+        };
+        a.store.join(&join(&bob)).await.expect("join");
+        let joined = a.store.join(&join(&ann)).await.expect("join");
+        let snapshot = joined_entry(&r, &ann, "Ann", &joined.head.epoch, joined.presence_seq);
+        let left = a.store.leave(&r, &ann).await.expect("leave");
+        assert!(left.presence_seq > joined.presence_seq);
+
+        let refreshed = a
+            .store
+            .refresh_presence(&[snapshot])
+            .await
+            .expect("refresh");
+        assert!(refreshed.revived.is_empty(), "{refreshed:?}");
+        assert_eq!(refreshed.departed.len(), 1, "{refreshed:?}");
+        assert_eq!(refreshed.departed[0].user, ann);
+        assert_eq!(refreshed.departed[0].counts, Counts { num: 1, total: 1 });
+        assert_eq!(
+            a.store.members(&r).await.expect("members"),
+            vec![bob.clone()]
+        );
+        assert!(matches!(
+            raw(&server, &["ZSCORE", "chat:room:r:online", "ann"]).await,
+            redis::Value::Nil
+        ));
+
+        // A join after the logout is vouched for again.
+        let again = a.store.join(&join(&ann)).await.expect("join");
+        let vouched = joined_entry(&r, &ann, "Ann", &again.head.epoch, again.presence_seq);
+        let refreshed = a.store.refresh_presence(&[vouched]).await.expect("refresh");
+        assert_eq!(refreshed, Refreshed::default());
+    })
+    .await;
+}
+
+/// Every presence change takes the room's next presence seq, so notices can be ordered.
+#[tokio::test]
+async fn presence_changes_take_increasing_presence_seqs() {
+    bounded(async {
+        let server = RedisServer::start();
+        let a = open(config(&server, "node-a")).await;
+        let r = room("r");
+        let ann = user("ann");
+        let join = JoinRequest {
+            room: &r,
+            user: &ann,
+            user_name: "Ann",
+            room_name: None,
+        };
+        let s1 = a.store.join(&join).await.expect("join").presence_seq;
+        let s2 = a
+            .store
+            .go_offline(&r, &ann)
+            .await
+            .expect("offline")
+            .presence_seq;
+        let s3 = a.store.join(&join).await.expect("join").presence_seq;
+        let s4 = a.store.leave(&r, &ann).await.expect("leave").presence_seq;
+        assert!(s1 < s2 && s2 < s3 && s3 < s4, "{s1} {s2} {s3} {s4}");
+        // A damaged presence seq fails the change before anything is written.
+        raw(&server, &["HSET", "chat:room:r:meta", "pseq", "007"]).await;
+        let err = a.store.join(&join).await.map(drop);
+        assert!(matches!(err, Err(BackendError::Corrupt(_))), "{err:?}");
+        assert!(a.store.members(&r).await.expect("members").is_empty());
     })
     .await;
 }

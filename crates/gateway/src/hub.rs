@@ -21,12 +21,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use chat_backend::{
-    BackendError, Broker, BrokerEvent, Head, Notice, PresenceEntry, Store, StreamKey,
-};
+use chat_backend::{BackendError, Broker, BrokerEvent, Head, Notice, Store, StreamKey};
 use chat_protocol::{ChatMessage, LogoutReason, RoomId, ServerFrame, UserId, close};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::membership::{JoinVerdict, Membership, Vouched};
 
 /// Identifies a connection on this node.
 pub type ConnId = u64;
@@ -141,6 +141,8 @@ pub struct Hub {
 #[derive(Default)]
 struct HubState {
     streams: HashMap<StreamKey, LocalStream>,
+    /// Which users are in which room through this node; the only place that decides it.
+    membership: Membership,
 }
 
 struct LocalStream {
@@ -151,9 +153,6 @@ struct LocalStream {
     /// Last seq delivered to this node's connections.
     last: u64,
     conns: HashMap<ConnId, AttachedConn>,
-    /// Local connections per user, with the user's display name (for rooms: who is online
-    /// through this node, as presence refreshes report it).
-    users: HashMap<UserId, (usize, String)>,
     /// Messages that arrived ahead of a gap, by seq.
     pending: BTreeMap<u64, (ChatMessage, Utf8Bytes)>,
     /// The stream must be compared with the store's head (gap seen, resubscribed, or fetch failed).
@@ -162,7 +161,6 @@ struct LocalStream {
 
 struct AttachedConn {
     handle: ConnHandle,
-    user: UserId,
     /// `Some` while the session sends its replay: live frames wait here.
     gate: Option<Vec<Outbound>>,
     /// Messages up to this seq reached the connection through its replay: skip them live (the
@@ -178,45 +176,17 @@ impl LocalStream {
             epoch: Arc::from(""),
             last: 0,
             conns: HashMap::new(),
-            users: HashMap::new(),
             pending: BTreeMap::new(),
             needs_sync: false,
         }
     }
 
-    fn add(&mut self, handle: &ConnHandle, user: &UserId, user_name: &str) {
-        let previous = self.conns.insert(
-            handle.id,
-            AttachedConn {
-                handle: handle.clone(),
-                user: user.clone(),
-                gate: Some(Vec::new()),
-                replayed_through: 0,
-            },
-        );
-        if previous.is_none() {
-            self.users
-                .entry(user.clone())
-                .or_insert_with(|| (0, user_name.to_owned()))
-                .0 += 1;
-        }
-    }
-
-    /// Removes a connection; true when it was its user's last one on this stream.
-    fn remove(&mut self, id: ConnId) -> bool {
-        let Some(conn) = self.conns.remove(&id) else {
-            return false;
-        };
-        match self.users.get_mut(&conn.user) {
-            Some((n, _)) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            _ => {
-                self.users.remove(&conn.user);
-                true
-            }
-        }
+    fn add(&mut self, handle: &ConnHandle) {
+        self.conns.entry(handle.id).or_insert_with(|| AttachedConn {
+            handle: handle.clone(),
+            gate: Some(Vec::new()),
+            replayed_through: 0,
+        });
     }
 
     /// Hands one frame to every attached connection.
@@ -303,19 +273,18 @@ impl Hub {
     }
 
     /// Attaches a connection to a stream behind a gate, subscribing the node first if it is the
-    /// stream's first local connection. See [`Hub::open_gate`].
+    /// stream's first local connection. See [`Hub::open_gate`]. For a room, the connection must
+    /// be joining it ([`Hub::begin_join`]).
     pub async fn attach(
         &self,
         key: &StreamKey,
         conn: &ConnHandle,
-        user: &UserId,
-        user_name: &str,
     ) -> Result<Attached, BackendError> {
-        if let Some(attached) = self.attach_if_ready(key, conn, user, user_name) {
+        if let Some(attached) = self.attach_if_ready(key, conn) {
             return Ok(attached);
         }
         let _transition = self.sub_lock.lock().await;
-        if let Some(attached) = self.attach_if_ready(key, conn, user, user_name) {
+        if let Some(attached) = self.attach_if_ready(key, conn) {
             return Ok(attached);
         }
         {
@@ -324,7 +293,7 @@ impl Hub {
                 .streams
                 .entry(key.clone())
                 .or_insert_with(|| LocalStream::new(key.clone()))
-                .add(conn, user, user_name);
+                .add(conn);
         }
         let subscribed = async {
             self.broker.subscribe(key).await?;
@@ -345,10 +314,8 @@ impl Hub {
                 stream.drain_pending();
                 // Anything still held is ahead of a gap: let the pump fetch it.
                 stream.needs_sync = !stream.pending.is_empty();
-                if !stream.conns.contains_key(&conn.id) {
-                    // Removed meanwhile (the user logged out from another connection).
-                    stream.add(conn, user, user_name);
-                }
+                // The connection stays out if it was removed meanwhile (a logout that the store
+                // ordered after its join): membership decides, not this path.
                 return Ok(Attached {
                     epoch: stream.epoch.to_string(),
                     last: stream.last,
@@ -359,7 +326,7 @@ impl Hub {
         {
             let mut state = self.lock();
             if let Some(stream) = state.streams.get_mut(key) {
-                stream.remove(conn.id);
+                stream.conns.remove(&conn.id);
                 if stream.conns.is_empty() {
                     state.streams.remove(key);
                 }
@@ -370,16 +337,10 @@ impl Hub {
         Err(failure)
     }
 
-    fn attach_if_ready(
-        &self,
-        key: &StreamKey,
-        conn: &ConnHandle,
-        user: &UserId,
-        user_name: &str,
-    ) -> Option<Attached> {
+    fn attach_if_ready(&self, key: &StreamKey, conn: &ConnHandle) -> Option<Attached> {
         let mut state = self.lock();
         let stream = state.streams.get_mut(key).filter(|s| s.ready)?;
-        stream.add(conn, user, user_name);
+        stream.add(conn);
         Some(Attached {
             epoch: stream.epoch.to_string(),
             last: stream.last,
@@ -410,22 +371,58 @@ impl Hub {
         }
     }
 
-    /// Detaches a connection. Returns true when it was its user's last local connection on the
-    /// stream (for a room: the user is no longer online through this node). Unsubscribes the node
-    /// when no local connection is left.
-    pub fn detach(self: &Arc<Self>, key: &StreamKey, conn: ConnId) -> bool {
-        let (last_of_user, now_empty) = {
+    /// Detaches a connection from a stream (for a room, use [`Hub::leave_room`]), unsubscribing
+    /// the node when no local connection is left.
+    pub fn detach(self: &Arc<Self>, key: &StreamKey, conn: ConnId) {
+        let now_empty = {
             let mut state = self.lock();
             let Some(stream) = state.streams.get_mut(key) else {
-                return false;
+                return;
             };
-            let last = stream.remove(conn);
-            (last, stream.conns.is_empty())
+            stream.conns.remove(&conn);
+            stream.conns.is_empty()
         };
         if now_empty {
             self.schedule_unsubscribe(key.clone());
         }
-        last_of_user
+    }
+
+    /// A connection starts joining a room: from now on a `left` notice of its user is ordered
+    /// against its join. Call before the store records the join.
+    pub fn begin_join(&self, room: &RoomId, user: &UserId, user_name: &str, conn: ConnId) {
+        self.lock()
+            .membership
+            .begin_join(room, user, user_name, conn);
+    }
+
+    /// The store recorded the join at `presence_seq`, in log epoch `epoch`. When a logout the
+    /// store ordered after it has already been applied here, the join is void: the connection is
+    /// detached from the room and [`JoinVerdict::Overtaken`] returned.
+    pub fn complete_join(
+        self: &Arc<Self>,
+        room: &RoomId,
+        user: &UserId,
+        conn: ConnId,
+        epoch: &str,
+        presence_seq: u64,
+    ) -> JoinVerdict {
+        let verdict = self
+            .lock()
+            .membership
+            .complete_join(room, user, conn, epoch, presence_seq);
+        if verdict == JoinVerdict::Overtaken {
+            self.detach(&StreamKey::Room(room.clone()), conn);
+        }
+        verdict
+    }
+
+    /// The connection is no longer in the room (its join failed or was undone, it logged out, or
+    /// it closed). Returns true when it was its user's last local connection there: the user is
+    /// no longer online through this node.
+    pub fn leave_room(self: &Arc<Self>, room: &RoomId, user: &UserId, conn: ConnId) -> bool {
+        let last = self.lock().membership.remove(room, user, conn);
+        self.detach(&StreamKey::Room(room.clone()), conn);
+        last
     }
 
     fn schedule_unsubscribe(self: &Arc<Self>, key: StreamKey) {
@@ -446,20 +443,10 @@ impl Hub {
         });
     }
 
-    /// (room, user) pairs with a live connection on this node: the presence this node vouches for.
-    pub fn local_presence(&self) -> Vec<PresenceEntry> {
-        let state = self.lock();
-        let mut entries = Vec::new();
-        for (key, stream) in &state.streams {
-            if let StreamKey::Room(room) = key {
-                entries.extend(stream.users.iter().map(|(user, (_, name))| PresenceEntry {
-                    room: room.clone(),
-                    user: user.clone(),
-                    user_name: name.clone(),
-                }));
-            }
-        }
-        entries
+    /// The (room, user) pairs this node vouches for, with the join it vouches for: the presence
+    /// the upkeep refreshes. Joins still in flight are not included.
+    pub fn presence_snapshot(&self) -> Vec<Vouched> {
+        self.lock().membership.snapshot()
     }
 
     /// Rooms this node is subscribed to.
@@ -569,30 +556,37 @@ impl Hub {
         stream.needs_sync
     }
 
-    /// Delivers a presence notice. Returns true when it emptied the stream (its last local
-    /// members left the room).
+    /// Delivers a presence notice, unless it is older than one already seen for its user. A
+    /// `left` notice then removes the user's local connections that joined before it. Returns
+    /// true when that emptied the stream (its last local members left the room).
     fn on_notice(&self, notice: &Notice, frame: String) -> bool {
-        let key = StreamKey::Room(notice.room_id().clone());
+        let (Notice::Login(n) | Notice::Logout(n)) = notice;
+        let key = StreamKey::Room(n.room_id.clone());
         let mut state = self.lock();
-        let Some(stream) = state.streams.get_mut(&key) else {
+        let HubState {
+            streams,
+            membership,
+        } = &mut *state;
+        if let Some(at) = n.presence_seq
+            && !membership.observe_notice(&n.room_id, &n.user_id, at)
+        {
+            tracing::debug!(room = %n.room_id, user = %n.user_id, at, "dropped a stale presence notice");
+            return false;
+        }
+        let Some(stream) = streams.get_mut(&key) else {
             return false;
         };
         stream.broadcast(&Utf8Bytes::from(frame), None);
         if let Notice::Logout(n) = notice
             && n.reason == Some(LogoutReason::Left)
         {
-            // Leaving is for all of the user's connections, on every node.
-            let leaving: Vec<ConnId> = stream
-                .conns
-                .iter()
-                .filter(|(_, c)| c.user == n.user_id)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in leaving {
-                if let Some(conn) = stream.conns.get(&id) {
+            // Leaving is for all of the user's connections that joined before it, on every
+            // node. A notice without a presence seq (an older node) covers all of them.
+            let left_at = n.presence_seq.unwrap_or(u64::MAX);
+            for id in membership.on_left(&n.room_id, &n.user_id, left_at) {
+                if let Some(conn) = stream.conns.remove(&id) {
                     conn.handle.offer(Outbound::Left(n.room_id.clone()));
                 }
-                stream.remove(id);
             }
             return stream.conns.is_empty();
         }

@@ -3,6 +3,8 @@
 //! - [`config`]: settings (`config/default.toml`, `--config FILE`, `CHAT__SECTION__KEY`).
 //! - [`node`]: what all sessions of a node share.
 //! - [`hub`]: local fan-out, ordering and gap filling per stream.
+//! - [`membership`]: which users are in which room through this node; orders joins, logouts and
+//!   notices.
 //! - [`session`]: one connection's protocol logic, testable without a socket.
 //! - [`ws`]: the socket driver around a session.
 //! - [`http`]: the routes.
@@ -14,6 +16,7 @@
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod membership;
 pub mod node;
 pub mod presence;
 pub mod session;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chat_backend::{Broker, Store};
 use chat_protocol::{Limits, RoomId, UserId};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,6 +39,10 @@ pub struct Node {
     /// detached).
     pub sessions: TaskTracker,
     presence_locks: Vec<Mutex<()>>,
+    /// Held shared by every presence removal (logout, a user's last connection gone) across its
+    /// store call, and exclusively by the presence upkeep across its snapshot and refresh: a
+    /// refresh built before a removal can then never be applied after it and bring the user back.
+    pub presence_barrier: RwLock<()>,
 }
 
 impl Node {
@@ -65,6 +69,7 @@ impl Node {
             shutdown,
             sessions: TaskTracker::new(),
             presence_locks: (0..PRESENCE_STRIPES).map(|_| Mutex::new(())).collect(),
+            presence_barrier: RwLock::new(()),
             settings,
         })
     }

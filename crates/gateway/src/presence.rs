@@ -2,6 +2,10 @@
 //! entries whose lease ran out because their node died, sending the `logout` notices that node
 //! never could. With the embedded backend both are no-ops.
 //!
+//! The refresh also reconciles: the store reports users who logged out elsewhere after the join
+//! this node vouches for (their `left` notice never arrived here), and this node applies that
+//! logout to its connections as if the notice had arrived.
+//!
 //! Timing, with `ttl = presence.ttl_secs`: entries live `ttl/2` after a refresh, and this runs
 //! every `ttl/4`. A live node therefore renews each lease twice before it runs out (one late
 //! refresh is harmless), and a dead node's users are reaped at most `ttl/2 + ttl/4` after its last
@@ -10,8 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_backend::Notice;
-use chat_protocol::{LogoutReason, PresenceNotice};
+use chat_backend::{BrokerEvent, Notice, PresenceEntry};
+use chat_protocol::{LogoutReason, PresenceNotice, ServerFrame};
 
 use crate::node::Node;
 
@@ -28,16 +32,34 @@ pub async fn run(node: Arc<Node>) {
     }
 }
 
-async fn upkeep(node: &Node) {
-    let entries = node.hub.local_presence();
-    let revived = match node.store.refresh_presence(&entries).await {
-        Ok(revived) => revived,
+async fn upkeep(node: &Arc<Node>) {
+    let refreshed = {
+        // No logout or last-connection removal runs while the snapshot is taken and refreshed:
+        // otherwise a snapshot from before a removal could be written after it and bring the
+        // user back.
+        let _exclusive = node.presence_barrier.write().await;
+        let entries: Vec<PresenceEntry> = node
+            .hub
+            .presence_snapshot()
+            .into_iter()
+            .map(|v| PresenceEntry {
+                room: v.room,
+                user: v.user,
+                user_name: v.user_name,
+                epoch: v.epoch,
+                joined_at: v.joined_at,
+            })
+            .collect();
+        node.store.refresh_presence(&entries).await
+    };
+    let refreshed = match refreshed {
+        Ok(refreshed) => refreshed,
         Err(e) => {
             tracing::warn!(error = %e, "could not refresh presence");
             return;
         }
     };
-    for back in revived {
+    for back in refreshed.revived {
         // The room saw this user go (reaped after a stall, or lost with Redis's data): tell it
         // they are here after all.
         tracing::info!(room = %back.room, user = %back.user, "presence restored by refresh");
@@ -48,10 +70,33 @@ async fn upkeep(node: &Node) {
             num: back.counts.num,
             total: back.counts.total,
             reason: None,
+            presence_seq: Some(back.presence_seq),
         });
         if let Err(e) = node.broker.publish_notice(&notice).await {
             tracing::warn!(room = %back.room, error = %e, "could not publish a login notice");
         }
+    }
+    for gone in refreshed.departed {
+        // The user logged out elsewhere and this node missed the notice (pub/sub dropped it):
+        // everyone else saw it, so only this node's connections are told, exactly as if it had
+        // arrived.
+        tracing::info!(room = %gone.room, user = %gone.user, "applying a logout this node missed");
+        let notice = PresenceNotice {
+            room_id: gone.room,
+            user_id: gone.user,
+            user_name: gone.user_name,
+            num: gone.counts.num,
+            total: gone.counts.total,
+            reason: Some(LogoutReason::Left),
+            presence_seq: Some(gone.presence_seq),
+        };
+        let frame = ServerFrame::Logout(notice.clone()).encode();
+        node.hub
+            .apply(BrokerEvent::Notice {
+                notice: Notice::Logout(notice),
+                frame,
+            })
+            .await;
     }
     for room in node.hub.local_rooms() {
         let reaped = match node.store.reap_presence(&room).await {
@@ -70,6 +115,7 @@ async fn upkeep(node: &Node) {
                 num: gone.counts.num,
                 total: gone.counts.total,
                 reason: Some(LogoutReason::Offline),
+                presence_seq: Some(gone.presence_seq),
             });
             if let Err(e) = node.broker.publish_notice(&notice).await {
                 tracing::warn!(%room, error = %e, "could not publish a logout notice");

@@ -32,6 +32,7 @@ use chat_protocol::{
 };
 
 use crate::hub::{Attached, ConnHandle, Mark};
+use crate::membership::JoinVerdict;
 use crate::node::Node;
 
 /// Acks are written to the store at most this often per stream while connected.
@@ -299,24 +300,47 @@ impl Session {
             room_name: req.room_name.as_deref(),
         };
 
+        let conn = self.conn.id;
         let guard = node.presence_guard(&req.room_id, &req.user_id).await;
-        let outcome = node.store.join(&join).await.map_err(unavailable)?;
-        let attached = match node
-            .hub
-            .attach(&key, &self.conn, &req.user_id, &req.user_name)
-            .await
-        {
+        node.hub
+            .begin_join(&req.room_id, &req.user_id, &req.user_name, conn);
+        let outcome = match node.store.join(&join).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                node.hub.leave_room(&req.room_id, &req.user_id, conn);
+                return Err(unavailable(e));
+            }
+        };
+        let attached = match node.hub.attach(&key, &self.conn).await {
             Ok(attached) => attached,
             Err(e) => {
                 // Undo the presence the join just recorded, unless another local connection of the
                 // user holds it.
-                if outcome.came_online {
+                if node.hub.leave_room(&req.room_id, &req.user_id, conn) {
                     let _ = node.store.go_offline(&req.room_id, &req.user_id).await;
                 }
                 return Err(unavailable(e));
             }
         };
+        let verdict = node.hub.complete_join(
+            &req.room_id,
+            &req.user_id,
+            conn,
+            &outcome.head.epoch,
+            outcome.presence_seq,
+        );
         drop(guard);
+        if verdict == JoinVerdict::Overtaken {
+            // The store ordered a logout of this user (from another connection) after this join,
+            // and its notice arrived first: the logout covers this connection too.
+            return Err(ProtocolError::new(
+                ErrorCode::NotJoined,
+                format!(
+                    "`{}` logged out of `{}` from another connection while this login was in flight; send login again to rejoin",
+                    req.user_id, req.room_id
+                ),
+            ));
+        }
 
         // The replay runs to the end of the log as the join saw it, or to this node's delivery
         // position if that is further; live frames up to there are skipped (`open_gate`), so a
@@ -400,6 +424,7 @@ impl Session {
                 num: outcome.counts.num,
                 total: outcome.counts.total,
                 reason: None,
+                presence_seq: Some(outcome.presence_seq),
             });
             if let Err(e) = node.broker.publish_notice(&notice).await {
                 tracing::warn!(room = %req.room_id, error = %e, "could not publish a login notice");
@@ -416,9 +441,9 @@ impl Session {
     /// last local one, their presence through this node. No `login` notice went out yet.
     async fn undo_join(&mut self, room: &RoomId, user: &UserId) {
         let node = self.node.clone();
+        let _removal = node.presence_barrier.read().await;
         let _guard = node.presence_guard(room, user).await;
-        let key = StreamKey::Room(room.clone());
-        if node.hub.detach(&key, self.conn.id)
+        if node.hub.leave_room(room, user, self.conn.id)
             && let Err(e) = node.store.go_offline(room, user).await
         {
             tracing::warn!(%room, error = %e, "could not undo presence; it expires with its lease");
@@ -491,11 +516,7 @@ impl Session {
         };
         let node = self.node.clone();
         let key = StreamKey::Inbox(user.id.clone());
-        let attached = match node
-            .hub
-            .attach(&key, &self.conn, &user.id, &user.name)
-            .await
-        {
+        let attached = match node.hub.attach(&key, &self.conn).await {
             Ok(attached) => attached,
             Err(e) => return self.inbox_unavailable(e),
         };
@@ -563,23 +584,28 @@ impl Session {
     async fn logout(&mut self, room: RoomId) -> Result<(), ProtocolError> {
         let user = self.joined_user(&room)?;
         let node = self.node.clone();
-        let key = StreamKey::Room(room.clone());
-        let guard = node.presence_guard(&room, &user.id).await;
-        let counts = node
-            .store
-            .leave(&room, &user.id)
-            .await
-            .map_err(unavailable)?;
-        node.hub.detach(&key, self.conn.id);
-        drop(guard);
+        let outcome = {
+            let _removal = node.presence_barrier.read().await;
+            let _guard = node.presence_guard(&room, &user.id).await;
+            let outcome = node
+                .store
+                .leave(&room, &user.id)
+                .await
+                .map_err(unavailable)?;
+            // The user's other connections (here and elsewhere) leave when the notice arrives,
+            // after they are shown it.
+            node.hub.leave_room(&room, &user.id, self.conn.id);
+            outcome
+        };
         self.rooms.remove(&room);
         let notice = PresenceNotice {
             room_id: room.clone(),
             user_id: user.id.clone(),
             user_name: user.name.clone(),
-            num: counts.num,
-            total: counts.total,
+            num: outcome.counts.num,
+            total: outcome.counts.total,
             reason: Some(LogoutReason::Left),
+            presence_seq: Some(outcome.presence_seq),
         };
         // This connection is detached already, so it gets its confirmation directly; the
         // published notice tells everyone else and detaches the user's other connections.
@@ -749,14 +775,15 @@ impl Session {
             {
                 tracing::warn!(%room, error = %e, "could not store the read cursor");
             }
+            let removal = node.presence_barrier.read().await;
             let guard = node.presence_guard(&room, &user.id).await;
-            let last_local = node.hub.detach(&key, self.conn.id);
-            if !last_local {
+            if !node.hub.leave_room(&room, &user.id, self.conn.id) {
                 continue;
             }
             match node.store.go_offline(&room, &user.id).await {
                 Ok(outcome) => {
                     drop(guard);
+                    drop(removal);
                     if outcome.went_offline {
                         let notice = Notice::Logout(PresenceNotice {
                             room_id: room.clone(),
@@ -765,6 +792,7 @@ impl Session {
                             num: outcome.counts.num,
                             total: outcome.counts.total,
                             reason: Some(LogoutReason::Offline),
+                            presence_seq: Some(outcome.presence_seq),
                         });
                         if let Err(e) = node.broker.publish_notice(&notice).await {
                             tracing::warn!(%room, error = %e, "could not publish a logout notice");

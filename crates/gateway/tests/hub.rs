@@ -26,8 +26,7 @@ async fn setup() -> Setup {
     let conn = ConnHandle::new(hub.next_conn_id(), tx);
     let room = RoomId::new("r").expect("id");
     let key = StreamKey::Room(room.clone());
-    let user = UserId::new("u").expect("id");
-    let attached = hub.attach(&key, &conn, &user, "U").await.expect("attach");
+    let attached = hub.attach(&key, &conn).await.expect("attach");
     assert_eq!(attached.last, 0);
     hub.open_gate(&key, conn.id, 0);
     Setup {
@@ -120,11 +119,7 @@ async fn a_gated_connection_gets_held_frames_after_its_replay_in_order() {
     let late = ConnHandle::new(s.hub.next_conn_id(), tx);
     let events = post(&mut s, 3).await;
     s.hub.apply(events[0].clone()).await;
-    let attached = s
-        .hub
-        .attach(&s.key, &late, &UserId::new("v").expect("id"), "V")
-        .await
-        .expect("attach");
+    let attached = s.hub.attach(&s.key, &late).await.expect("attach");
     assert_eq!(
         attached.last, 1,
         "live delivery for the newcomer starts after seq 1"
@@ -147,11 +142,7 @@ async fn a_replay_ahead_of_a_lagging_node_is_not_delivered_again_live() {
     let late = ConnHandle::new(s.hub.next_conn_id(), tx);
     // The store has 3 messages; this node has delivered none of them yet (its pump lags).
     let events = post(&mut s, 3).await;
-    let attached = s
-        .hub
-        .attach(&s.key, &late, &UserId::new("v").expect("id"), "V")
-        .await
-        .expect("attach");
+    let attached = s.hub.attach(&s.key, &late).await.expect("attach");
     assert_eq!(attached.last, 0);
     // The session replayed 1..=3 from the log (the head it saw at join), then opens the gate.
     s.hub.open_gate(&s.key, late.id, 3);

@@ -90,6 +90,10 @@ pub struct PresenceNotice {
     /// Set on `logout` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<LogoutReason>,
+    /// The room's presence seq of this change: it grows with every presence change of the room,
+    /// so of two notices about one user the one with the higher value is the newer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_seq: Option<u64>,
 }
 
 /// A chat message. Room messages carry `roomId`; direct messages carry `toUserId`.
@@ -247,6 +251,7 @@ mod tests {
                 num: 1,
                 total: 1,
                 reason: None,
+                presence_seq: None,
             }),
             ServerFrame::Logout(PresenceNotice {
                 room_id: RoomId::new("r1").expect("id"),
@@ -255,6 +260,7 @@ mod tests {
                 num: 0,
                 total: 1,
                 reason: Some(LogoutReason::Offline),
+                presence_seq: Some(4),
             }),
             ServerFrame::Message(message()),
             ServerFrame::Message(ChatMessage {
@@ -313,8 +319,10 @@ mod tests {
             num: 0,
             total: 0,
             reason: Some(LogoutReason::Left),
+            presence_seq: Some(12),
         })
         .encode();
         assert!(logout.contains(r#""reason":"left""#), "{logout}");
+        assert!(logout.contains(r#""presenceSeq":12"#), "{logout}");
     }
 }

@@ -17,8 +17,9 @@ use super::reply::{self, array, next};
 use super::scripts::Scripts;
 use crate::memory::new_epoch;
 use crate::{
-    BackendError, Counts, DirectPosted, Draft, Head, JoinOutcome, JoinRequest, LeaveOutcome,
-    Position, Posted, PresenceEntry, Reaped, Result, Revived, RoomSummary, Store, StreamKey,
+    BackendError, Counts, Departed, DirectPosted, Draft, Head, JoinOutcome, JoinRequest,
+    LeaveOutcome, Position, Posted, PresenceEntry, Reaped, Refreshed, Result, Revived, RoomSummary,
+    Store, StreamKey,
 };
 
 /// Entries per `refresh_presence` script call: keeps each script short, so one node's refresh
@@ -197,6 +198,7 @@ impl Store for RedisStore {
         let came_online = flag(W, &next(W, &mut it)?)?;
         let new_member = flag(W, &next(W, &mut it)?)?;
         let cursor = parse_cursor(W, next(W, &mut it)?)?;
+        let presence_seq = reply::uint(W, &next(W, &mut it)?)?;
         Ok(JoinOutcome {
             room_name,
             head: Head { epoch, seq },
@@ -204,6 +206,7 @@ impl Store for RedisStore {
             came_online,
             new_member,
             cursor,
+            presence_seq,
         })
     }
 
@@ -214,18 +217,21 @@ impl Store for RedisStore {
             .key(self.keys.room_conns(room))
             .key(self.keys.nodes())
             .key(self.keys.room_members(room))
+            .key(self.keys.room_meta(room))
             .arg(user.as_str())
             .arg(&self.node_id);
         let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
         let went_offline = flag(W, &next(W, &mut it)?)?;
         let counts = counts(W, &next(W, &mut it)?, &next(W, &mut it)?)?;
+        let presence_seq = reply::uint(W, &next(W, &mut it)?)?;
         Ok(LeaveOutcome {
             went_offline,
             counts,
+            presence_seq,
         })
     }
 
-    async fn leave(&self, room: &RoomId, user: &UserId) -> Result<Counts> {
+    async fn leave(&self, room: &RoomId, user: &UserId) -> Result<LeaveOutcome> {
         const W: &str = "leave";
         let mut inv = self.scripts.leave.prepare_invoke();
         inv.key(self.keys.room_members(room))
@@ -234,13 +240,21 @@ impl Store for RedisStore {
             .key(self.keys.room_conns(room))
             .key(self.keys.cursors(user))
             .key(self.keys.nodes())
+            .key(self.keys.room_meta(room))
             .arg(user.as_str())
             .arg(Keys::cursor_field(&StreamKey::Room(room.clone())));
         let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
-        counts(W, &next(W, &mut it)?, &next(W, &mut it)?)
+        let counts = counts(W, &next(W, &mut it)?, &next(W, &mut it)?)?;
+        let presence_seq = reply::uint(W, &next(W, &mut it)?)?;
+        let went_offline = flag(W, &next(W, &mut it)?)?;
+        Ok(LeaveOutcome {
+            went_offline,
+            counts,
+            presence_seq,
+        })
     }
 
-    async fn refresh_presence(&self, entries: &[PresenceEntry]) -> Result<Vec<Revived>> {
+    async fn refresh_presence(&self, entries: &[PresenceEntry]) -> Result<Refreshed> {
         const W: &str = "refresh_presence";
         // An empty refresh still marks the node alive.
         let chunks: Vec<&[PresenceEntry]> = if entries.is_empty() {
@@ -248,7 +262,7 @@ impl Store for RedisStore {
         } else {
             entries.chunks(REFRESH_CHUNK).collect()
         };
-        let mut revived = Vec::new();
+        let mut refreshed = Refreshed::default();
         for chunk in chunks {
             let mut inv = self.scripts.refresh.prepare_invoke();
             inv.key(self.keys.nodes())
@@ -260,13 +274,18 @@ impl Store for RedisStore {
                     .key(self.keys.room_online(&entry.room))
                     .key(self.keys.room_members(&entry.room))
                     .key(self.keys.room_names(&entry.room))
+                    .key(self.keys.room_meta(&entry.room))
                     .arg(entry.user.as_str())
                     .arg(entry.room.as_str())
-                    .arg(entry.user_name.as_str());
+                    .arg(entry.user_name.as_str())
+                    .arg(entry.epoch.as_str())
+                    .arg(entry.joined_at);
             }
             let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
-            while let Some(index) = it.next() {
-                let index = reply::int(W, &index)?;
+            while let Some(kind) = it.next() {
+                let kind = reply::int(W, &kind)?;
+                let index = reply::int(W, &next(W, &mut it)?)?;
+                let presence_seq = reply::uint(W, &next(W, &mut it)?)?;
                 let counts = counts(W, &next(W, &mut it)?, &next(W, &mut it)?)?;
                 let entry = usize::try_from(index)
                     .ok()
@@ -275,15 +294,28 @@ impl Store for RedisStore {
                     .ok_or_else(|| {
                         BackendError::Corrupt(format!("{W}: entry index {index} out of range"))
                     })?;
-                revived.push(Revived {
-                    room: entry.room.clone(),
-                    user: entry.user.clone(),
-                    user_name: entry.user_name.clone(),
-                    counts,
-                });
+                match kind {
+                    1 => refreshed.revived.push(Revived {
+                        room: entry.room.clone(),
+                        user: entry.user.clone(),
+                        user_name: entry.user_name.clone(),
+                        counts,
+                        presence_seq,
+                    }),
+                    2 => refreshed.departed.push(Departed {
+                        room: entry.room.clone(),
+                        user: entry.user.clone(),
+                        user_name: entry.user_name.clone(),
+                        presence_seq,
+                        counts,
+                    }),
+                    other => {
+                        return Err(BackendError::Corrupt(format!("{W}: unknown kind {other}")));
+                    }
+                }
             }
         }
-        Ok(revived)
+        Ok(refreshed)
     }
 
     async fn reap_presence(&self, room: &RoomId) -> Result<Vec<Reaped>> {
@@ -292,18 +324,21 @@ impl Store for RedisStore {
         inv.key(self.keys.room_online(room))
             .key(self.keys.room_conns(room))
             .key(self.keys.room_names(room))
-            .key(self.keys.room_members(room));
+            .key(self.keys.room_members(room))
+            .key(self.keys.room_meta(room));
         let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
         let counts = counts(W, &next(W, &mut it)?, &next(W, &mut it)?)?;
         let mut reaped = Vec::new();
         while let Some(user) = it.next() {
             let user = reply::string(W, user)?;
             let user_name = reply::string(W, next(W, &mut it)?)?;
+            let presence_seq = reply::uint(W, &next(W, &mut it)?)?;
             match UserId::new(user.as_str()) {
                 Ok(user) => reaped.push(Reaped {
                     user,
                     user_name,
                     counts,
+                    presence_seq,
                 }),
                 Err(e) => tracing::warn!(%room, %user, error = %e, "reaped an invalid user id"),
             }

@@ -205,12 +205,26 @@ pub fn user(id: &str) -> UserId {
     UserId::new(id).expect("user id")
 }
 
-/// A presence entry of `user` in `room`.
+/// A presence entry of `user` in `room`, vouching for no particular join (no epoch: the store
+/// always restores it).
 pub fn entry(room: &RoomId, user: &UserId, name: &str) -> PresenceEntry {
+    joined_entry(room, user, name, "", 0)
+}
+
+/// A presence entry of `user` in `room` vouching for the join at `joined_at` in log `epoch`.
+pub fn joined_entry(
+    room: &RoomId,
+    user: &UserId,
+    name: &str,
+    epoch: &str,
+    joined_at: u64,
+) -> PresenceEntry {
     PresenceEntry {
         room: room.clone(),
         user: user.clone(),
         user_name: name.to_owned(),
+        epoch: epoch.to_owned(),
+        joined_at,
     }
 }
 

@@ -121,3 +121,17 @@ local function remember_post(ids, id, seq, cap)
   end
   redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. int(seq - cap + 1))
 end
+
+-- The room's presence seq (`pseq` in its meta HASH): every presence change takes the next one, so
+-- notices about one user can be ordered and a join told from a later logout. Checked before any
+-- write, like every other counter a script increments.
+local function check_presence_seq(meta)
+  local pseq = redis.call('HGET', meta, 'pseq')
+  if pseq and not (string.match(pseq, '^[1-9]%d*$') and #pseq <= 15) then
+    corrupt('the presence seq in ' .. meta .. ' is not a number')
+  end
+end
+
+local function next_presence_seq(meta)
+  return redis.call('HINCRBY', meta, 'pseq', 1)
+end

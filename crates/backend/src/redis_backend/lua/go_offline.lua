@@ -1,7 +1,7 @@
 -- Store::go_offline: this node has no connection of the user in the room anymore.
--- KEYS[1] online ZSET, KEYS[2] conns ZSET, KEYS[3] nodes ZSET, KEYS[4] members SET
+-- KEYS[1] online ZSET, KEYS[2] conns ZSET, KEYS[3] nodes ZSET, KEYS[4] members SET, KEYS[5] room meta
 -- ARGV[1] user, ARGV[2] node id
--- Returns {went offline 0/1, num, total}.
+-- Returns {went offline 0/1, num, total, presence seq of the change}.
 --
 -- The user stays online if another live node still holds an unexpired `user|node` entry. Only
 -- the live nodes are probed (ZSCORE each), so this is O(nodes), not O(connections in the room).
@@ -9,6 +9,8 @@ check_type(KEYS[1], 'zset')
 check_type(KEYS[2], 'zset')
 check_type(KEYS[3], 'zset')
 check_type(KEYS[4], 'set')
+check_type(KEYS[5], 'hash')
+check_presence_seq(KEYS[5])
 local now = now_ms()
 local user = ARGV[1]
 redis.call('ZREM', KEYS[2], user .. '|' .. ARGV[2])
@@ -34,5 +36,6 @@ else
   -- must send the logout notice (reap_presence will not see it anymore).
   went = redis.call('ZREM', KEYS[1], user)
 end
+local pseq = next_presence_seq(KEYS[5])
 local num, total = counts(KEYS[1], KEYS[4], now)
-return {went, num, total}
+return {went, num, total, pseq}

@@ -5,11 +5,12 @@
 -- ARGV[5] epoch candidate, ARGV[6] node id, ARGV[7] presence TTL ms, ARGV[8] cursor field,
 -- ARGV[9] cursor TTL s
 -- Returns {room name, epoch, seq text, num, total, came online 0/1, new member 0/1,
--- cursor (`seq:epoch` or a legacy plain seq) or ''}.
+-- cursor (`seq:epoch` or a legacy plain seq) or '', presence seq of this join}.
 --
 -- Expired `online` entries of other users are deliberately NOT pruned here: reap_presence owns
 -- them, because each one must be reported exactly once so a `logout` notice goes out for it.
 check_log(KEYS[1])
+check_presence_seq(KEYS[1])
 check_type(KEYS[2], 'set')
 check_type(KEYS[3], 'hash')
 check_type(KEYS[4], 'zset')
@@ -57,5 +58,6 @@ redis.call('SADD', KEYS[6], ARGV[4])
 if cursor ~= '' then
   redis.call('EXPIRE', KEYS[7], ARGV[9])
 end
+local pseq = next_presence_seq(KEYS[1])
 local num, total = counts(KEYS[4], KEYS[2], now)
-return {name, epoch, seq, num, total, came_online, new_member, cursor}
+return {name, epoch, seq, num, total, came_online, new_member, cursor, pseq}
