@@ -867,3 +867,135 @@ async fn a_retried_direct_message_is_stored_and_published_once() {
     })
     .await;
 }
+
+/// Posts `texts` to `r`, each with its text as `clientMsgId`.
+async fn post_all(store: &dyn chat_backend::Store, r: &chat_protocol::RoomId, texts: &[&str]) {
+    for text in texts {
+        let d = Draft {
+            client_msg_id: Some((*text).to_owned()),
+            ..draft("ann", text)
+        };
+        store.post(r, &d).await.expect("post");
+    }
+}
+
+/// `(seq, epoch, content)` of every message of a stream.
+async fn log_of(store: &dyn chat_backend::Store, stream: &StreamKey) -> Vec<(u64, String, String)> {
+    store
+        .range(stream, 0, u64::MAX, 100, 0)
+        .await
+        .expect("range")
+        .into_iter()
+        .map(|m| (m.seq, m.epoch, m.content))
+        .collect()
+}
+
+fn expected(epoch: &str, texts: &[(u64, &str)]) -> Vec<(u64, String, String)> {
+    texts
+        .iter()
+        .map(|(seq, text)| (*seq, epoch.to_owned(), (*text).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_lost_meta_key_starts_a_new_epoch_with_a_clean_log() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut cfg = config(&server, "n1");
+        cfg.history_per_room = 4;
+        let backend = open(cfg).await;
+        let store = backend.store.as_ref();
+
+        // Through post: old messages 1..3, meta lost, new posts.
+        let r = room("r");
+        let stream = StreamKey::Room(r.clone());
+        post_all(store, &r, &["o1", "o2", "o3"]).await;
+        let old = store.head(&stream).await.expect("head").epoch;
+        raw(&server, &["DEL", "chat:room:r:meta"]).await;
+        // "o1" is an old clientMsgId: in the new epoch it is a new message, not a retry of seq 1.
+        post_all(store, &r, &["n1", "o1", "n3"]).await;
+        let new = store.head(&stream).await.expect("head");
+        assert_ne!(new.epoch, old, "a lost meta key means a new epoch");
+        assert_eq!(new.seq, 3);
+        let want = expected(&new.epoch, &[(1, "n1"), (2, "o1"), (3, "n3")]);
+        assert_eq!(
+            log_of(store, &stream).await,
+            want,
+            "range: one epoch, in order"
+        );
+        let (epoch, page) = store.history(&r, None, 100).await.expect("history");
+        assert_eq!(epoch, new.epoch);
+        let page: Vec<_> = page
+            .into_iter()
+            .map(|m| (m.seq, m.epoch, m.content))
+            .collect();
+        assert_eq!(page, want, "history: one epoch, in order");
+        // Trimming (to 4) keeps the newest of the new epoch.
+        post_all(store, &r, &["n4", "n5", "n6"]).await;
+        assert_eq!(
+            log_of(store, &stream).await,
+            expected(&new.epoch, &[(3, "n3"), (4, "n4"), (5, "n5"), (6, "n6")])
+        );
+        let ids = raw_strings(&server, &["ZRANGE", "chat:room:r:ids", "0", "-1"]).await;
+        assert_eq!(ids, vec!["ann|n3", "ann|n4", "ann|n5", "ann|n6"]);
+
+        // Through head and join, which create the epoch before any post.
+        for (name, via_join) in [("h", false), ("j", true)] {
+            let r = room(name);
+            let stream = StreamKey::Room(r.clone());
+            post_all(store, &r, &["o1", "o2"]).await;
+            raw(&server, &["DEL", &format!("chat:room:{name}:meta")]).await;
+            let epoch = if via_join {
+                let joined = store
+                    .join(&JoinRequest {
+                        room: &r,
+                        user: &user("ann"),
+                        user_name: "ANN",
+                        room_name: None,
+                    })
+                    .await
+                    .expect("join");
+                assert_eq!(joined.head.seq, 0, "{name}");
+                joined.head.epoch
+            } else {
+                let head = store.head(&stream).await.expect("head");
+                assert_eq!(head.seq, 0, "{name}");
+                head.epoch
+            };
+            assert!(
+                log_of(store, &stream).await.is_empty(),
+                "{name}: old log gone"
+            );
+            post_all(store, &r, &["o2"]).await;
+            assert_eq!(
+                log_of(store, &stream).await,
+                expected(&epoch, &[(1, "o2")]),
+                "{name}"
+            );
+        }
+
+        // An inbox: a lost meta key resets the owner's log and the ids of what the owner sent.
+        let (ann, bob) = (user("ann"), user("bob"));
+        let dm = |text: &str| Draft {
+            client_msg_id: Some(text.to_owned()),
+            ..draft("ann", text)
+        };
+        for text in ["o1", "o2", "o3"] {
+            store.post_direct(&bob, &dm(text)).await.expect("dm");
+        }
+        raw(&server, &["DEL", "chat:user:ann:inbox:meta"]).await;
+        raw(&server, &["DEL", "chat:user:bob:inbox:meta"]).await;
+        let p = store.post_direct(&bob, &dm("o1")).await.expect("dm");
+        let recipient = p.recipient.expect("a new message, not a retry");
+        assert_eq!((recipient.seq, p.sender.seq), (1, 1));
+        assert_eq!(
+            log_of(store, &StreamKey::Inbox(bob.clone())).await,
+            expected(&recipient.epoch, &[(1, "o1")])
+        );
+        assert_eq!(
+            log_of(store, &StreamKey::Inbox(ann.clone())).await,
+            expected(&p.sender.epoch, &[(1, "o1")])
+        );
+    })
+    .await;
+}
