@@ -938,6 +938,16 @@ async fn a_lost_meta_key_starts_a_new_epoch_with_a_clean_log() {
         );
         let ids = raw_strings(&server, &["ZRANGE", "chat:room:r:ids", "0", "-1"]).await;
         assert_eq!(ids, vec!["ann|n3", "ann|n4", "ann|n5", "ann|n6"]);
+        // Reads also leave out any entry of another epoch (defence in depth).
+        let stale = format!(
+            r#"{{"event":"message","seq":7,"epoch":"{old}","ts":1,"roomId":"r","userId":"ann","userName":"ANN","content":"stale"}}"#
+        );
+        raw(&server, &["ZADD", "chat:room:r:log", "7", &stale]).await;
+        let want = expected(&new.epoch, &[(3, "n3"), (4, "n4"), (5, "n5"), (6, "n6")]);
+        assert_eq!(log_of(store, &stream).await, want);
+        let (_, page) = store.history(&r, None, 100).await.expect("history");
+        let page: Vec<_> = page.into_iter().map(|m| (m.seq, m.epoch, m.content)).collect();
+        assert_eq!(page, want);
 
         // Through head and join, which create the epoch before any post.
         for (name, via_join) in [("h", false), ("j", true)] {

@@ -51,8 +51,20 @@ end
 -- The log's epoch, created from `candidate` when the log has none yet (first post, first head,
 -- first join, or after the data was lost). The stored value is spliced raw into message JSON,
 -- so anything but a plain id is refused rather than trusted.
-local function ensure_epoch(meta, candidate)
-  redis.call('HSETNX', meta, 'epoch', candidate)
+--
+-- A log holds one epoch. When this call creates the epoch, whatever `log` (the log ZSET) and
+-- `ids` (the post ids ZSET tied to the log's seqs) still hold belongs to a lost one: a deleted
+-- meta key leaves them behind. So a new epoch starts a clean log: both are deleted and `seq`
+-- restarts, or the new seqs 1, 2, ... would interleave with the old ones, trimming by rank would
+-- evict the new epoch's messages first, and an old clientMsgId would return an old receipt.
+local function ensure_epoch(meta, candidate, log, ids)
+  if not valid_epoch(candidate) then
+    corrupt('the epoch candidate is not a plain id')
+  end
+  if redis.call('HSETNX', meta, 'epoch', candidate) == 1 then
+    redis.call('DEL', log, ids)
+    redis.call('HDEL', meta, 'seq')
+  end
   local epoch = redis.call('HGET', meta, 'epoch')
   if not valid_epoch(epoch) then
     corrupt('the epoch in ' .. meta .. ' is not a plain id')
@@ -63,11 +75,12 @@ end
 -- Appends one message to a log (room or inbox): next seq, stored frame, trim. `body` is the
 -- message's wire JSON object without event/seq/epoch/ts; the frame is spliced in front of it so
 -- the stored member is byte for byte the frame clients receive.
-local function append(meta, log, candidate, body, ts, cap)
+-- `ids` is the post ids ZSET tied to this log's seqs (see ensure_epoch).
+local function append(meta, log, ids, candidate, body, ts, cap)
   if string.sub(body, 1, 1) ~= '{' then
     corrupt('message body is not a JSON object')
   end
-  local epoch = ensure_epoch(meta, candidate)
+  local epoch = ensure_epoch(meta, candidate, log, ids)
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local frame = '{"event":"message","seq":' .. int(seq) .. ',"epoch":"' .. epoch ..
     '","ts":' .. int(ts) .. ',' .. string.sub(body, 2)
@@ -92,10 +105,15 @@ local function earlier_post(ids, meta, log, id)
   if not earlier then
     return nil
   end
+  -- Without an epoch the log is about to start again (ensure_epoch): nothing in it counts.
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    return nil
+  end
   local entry = redis.call('ZRANGEBYSCORE', log, earlier, earlier)[1]
   local ok, decoded = pcall(cjson.decode, entry or '')
-  if ok and type(decoded) == 'table' and tonumber(decoded.ts) then
-    return tonumber(earlier), redis.call('HGET', meta, 'epoch'), tonumber(decoded.ts)
+  if ok and type(decoded) == 'table' and tonumber(decoded.ts) and decoded.epoch == epoch then
+    return tonumber(earlier), epoch, tonumber(decoded.ts)
   end
   return nil
 end

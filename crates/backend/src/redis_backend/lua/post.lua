@@ -15,7 +15,7 @@ if eseq then
   return {eseq, eepoch, ets}
 end
 local ts = now_ms()
-local seq, epoch, frame = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ts, cap)
+local seq, epoch, frame = append(KEYS[1], KEYS[2], KEYS[4], ARGV[1], ARGV[2], ts, cap)
 remember_post(KEYS[4], id, seq, cap)
 redis.call('SADD', KEYS[3], ARGV[5])
 redis.call('PUBLISH', ARGV[4], frame)
