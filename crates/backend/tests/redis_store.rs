@@ -1009,3 +1009,84 @@ async fn a_lost_meta_key_starts_a_new_epoch_with_a_clean_log() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_direct_message_from_an_inbox_with_a_damaged_seq_changes_and_publishes_nothing() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut backend = open(config(&server, "n1")).await;
+        // Each of these passes a `^%d+$` check, but HINCRBY refuses it (leading zeros, overflow,
+        // not a 64-bit integer) or the next seq is no longer exact as a Lua number or a score.
+        let damaged = [
+            "007",
+            "9223372036854775807",
+            "123456789012345678901234567890",
+            "9007199254740992",
+        ];
+        for (i, seq) in damaged.into_iter().enumerate() {
+            let sender = format!("mallory{i}");
+            let to = user(&format!("bob{i}"));
+            let inbox = StreamKey::Inbox(to.clone());
+            backend.broker.subscribe(&inbox).await.expect("subscribe");
+            let before = backend.store.head(&inbox).await.expect("head");
+            let meta = format!("chat:user:{sender}:inbox:meta");
+            raw(&server, &["HSET", &meta, "epoch", "e1", "seq", seq]).await;
+
+            match backend.store.post_direct(&to, &draft(&sender, "hi")).await {
+                Err(BackendError::Corrupt(_)) => {}
+                other => panic!("seq {seq:?}: expected Corrupt, got {other:?}"),
+            }
+            let key = format!("chat:user:bob{i}:inbox");
+            assert!(
+                raw_strings(&server, &["ZRANGE", &key, "0", "-1"])
+                    .await
+                    .is_empty(),
+                "seq {seq:?}: the recipient got a copy"
+            );
+            assert_eq!(
+                backend.store.head(&inbox).await.expect("head"),
+                before,
+                "seq {seq:?}: the recipient's inbox moved"
+            );
+            assert_eq!(
+                raw_strings(&server, &["HMGET", &meta, "epoch", "seq"]).await,
+                vec!["e1".to_owned(), seq.to_owned()],
+                "seq {seq:?}: the sender's meta changed"
+            );
+            assert!(
+                raw_strings(
+                    &server,
+                    &["ZRANGE", &format!("chat:user:{sender}:inbox"), "0", "-1"]
+                )
+                .await
+                .is_empty()
+            );
+            // Nothing was published either: the first event on the recipient's channel is a
+            // control message sent after the failed one.
+            let control = backend
+                .store
+                .post_direct(&to, &draft("carol", "control"))
+                .await
+                .expect("control dm");
+            assert_eq!(control.recipient.map(|p| p.seq), Some(1));
+            match next_event(&mut backend.events, WAIT).await {
+                Some(BrokerEvent::Message {
+                    stream, message, ..
+                }) => {
+                    assert_eq!(stream, inbox, "seq {seq:?}");
+                    assert_eq!(
+                        (
+                            message.user_id.as_str(),
+                            message.content.as_str(),
+                            message.seq
+                        ),
+                        ("carol", "control", 1),
+                        "seq {seq:?}: the failed message was published first"
+                    );
+                }
+                other => panic!("seq {seq:?}: expected the control message, got {other:?}"),
+            }
+        }
+    })
+    .await;
+}
