@@ -32,6 +32,21 @@ local function valid_epoch(epoch)
   return type(epoch) == 'string' and #epoch <= 64 and string.match(epoch, '^[%w_%-]+$') ~= nil
 end
 
+-- A stored seq counter `append` can take the next seq from: exactly what HINCRBY accepts (decimal
+-- digits, no leading zero except "0" itself, a signed 64-bit integer with room for +1), and
+-- further below 2^53, so that the next seq is still exact as a Lua number (a double) and as a ZSET
+-- score. Anything else would make HINCRBY fail, or return a seq other than the one it stored,
+-- after the script may already have written something.
+local function valid_seq(seq)
+  if type(seq) ~= 'string' or not string.match(seq, '^%d+$') then
+    return false
+  end
+  if #seq > 1 and string.sub(seq, 1, 1) == '0' then
+    return false
+  end
+  return #seq <= 16 and tonumber(seq) < 9007199254740992
+end
+
 -- A log's meta HASH (and its ZSET when given) must be readable before anything is appended.
 local function check_log(meta, log)
   check_type(meta, 'hash')
@@ -39,8 +54,8 @@ local function check_log(meta, log)
     check_type(log, 'zset')
   end
   local seq = redis.call('HGET', meta, 'seq')
-  if seq and not string.match(seq, '^%d+$') then
-    corrupt('the seq in ' .. meta .. ' is not a number')
+  if seq and not valid_seq(seq) then
+    corrupt('the seq in ' .. meta .. ' is not a usable number')
   end
   local epoch = redis.call('HGET', meta, 'epoch')
   if epoch and not valid_epoch(epoch) then
@@ -72,14 +87,24 @@ local function ensure_epoch(meta, candidate, log, ids)
   return epoch
 end
 
--- Appends one message to a log (room or inbox): next seq, stored frame, trim. `body` is the
--- message's wire JSON object without event/seq/epoch/ts; the frame is spliced in front of it so
--- the stored member is byte for byte the frame clients receive.
--- `ids` is the post ids ZSET tied to this log's seqs (see ensure_epoch).
-local function append(meta, log, ids, candidate, body, ts, cap)
+-- Everything `append` (below) can fail on, checked before a script's first write: the log's meta
+-- and ZSET, its post ids ZSET, the epoch candidate and the message body.
+local function check_append(meta, log, ids, candidate, body)
+  check_log(meta, log)
+  check_type(ids, 'zset')
+  if not valid_epoch(candidate) then
+    corrupt('the epoch candidate is not a plain id')
+  end
   if string.sub(body, 1, 1) ~= '{' then
     corrupt('message body is not a JSON object')
   end
+end
+
+-- Appends one message to a log (room or inbox): next seq, stored frame, trim. `body` is the
+-- message's wire JSON object without event/seq/epoch/ts; the frame is spliced in front of it so
+-- the stored member is byte for byte the frame clients receive. `ids` is the post ids ZSET tied
+-- to this log's seqs (see ensure_epoch). Call check_append first: then this cannot fail.
+local function append(meta, log, ids, candidate, body, ts, cap)
   local epoch = ensure_epoch(meta, candidate, log, ids)
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local frame = '{"event":"message","seq":' .. int(seq) .. ',"epoch":"' .. epoch ..

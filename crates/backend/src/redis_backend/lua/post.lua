@@ -5,9 +5,8 @@
 -- Returns {seq, epoch, ts}: of the new message, or of the earlier one with the same id (a retry
 -- after a timeout or an `unavailable` whose first attempt did land), which is then neither
 -- stored nor published again.
-check_log(KEYS[1], KEYS[2])
+check_append(KEYS[1], KEYS[2], KEYS[4], ARGV[1], ARGV[2])
 check_type(KEYS[3], 'set')
-check_type(KEYS[4], 'zset')
 local cap = tonumber(ARGV[3])
 local id = ARGV[6]
 local eseq, eepoch, ets = earlier_post(KEYS[4], KEYS[1], KEYS[2], id)

@@ -9,10 +9,12 @@
 -- or '', ARGV[8] '1' when sender and recipient are the same user
 -- Returns {recipient seq, recipient epoch, sender seq, sender epoch, ts} for a new message, or
 -- {0, '', sender seq, sender epoch, ts} of the earlier one for a retry (nothing stored or sent).
-check_log(KEYS[1], KEYS[2])
-check_log(KEYS[3], KEYS[4])
-check_type(KEYS[5], 'zset')
-check_type(KEYS[6], 'zset')
+--
+-- Redis does not undo earlier writes when a later command fails, so the order is: every check
+-- (both inboxes, both ids ZSETs, both candidates, the body), then the writes, then the PUBLISHes.
+-- Once the first write is done nothing can fail, so no copy is ever stored or published alone.
+check_append(KEYS[1], KEYS[2], KEYS[6], ARGV[1], ARGV[3])
+check_append(KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3])
 local cap = tonumber(ARGV[4])
 local id = ARGV[7]
 local to_self = ARGV[8] == '1'
@@ -22,12 +24,13 @@ if eseq then
 end
 local ts = now_ms()
 local rseq, repoch, rframe = append(KEYS[1], KEYS[2], KEYS[6], ARGV[1], ARGV[3], ts, cap)
-redis.call('PUBLISH', ARGV[5], rframe)
-local sseq, sepoch = rseq, repoch
+local sseq, sepoch, sframe = rseq, repoch, nil
 if not to_self then
-  local sframe
   sseq, sepoch, sframe = append(KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3], ts, cap)
-  redis.call('PUBLISH', ARGV[6], sframe)
 end
 remember_post(KEYS[5], id, sseq, cap)
+redis.call('PUBLISH', ARGV[5], rframe)
+if sframe then
+  redis.call('PUBLISH', ARGV[6], sframe)
+end
 return {rseq, repoch, sseq, sepoch, ts}
