@@ -286,6 +286,8 @@ impl Store for Shared {
                 epoch: earlier.epoch.clone(),
                 seq: earlier.seq,
                 ts: earlier.ts,
+                duplicate: false,
+                conflict: false,
             });
         }
         let message = message_from(draft, Some(room_id), None, now_ms());
@@ -294,6 +296,8 @@ impl Store for Shared {
             epoch: stored.epoch.clone(),
             seq: stored.seq,
             ts: stored.ts,
+            duplicate: false,
+            conflict: false,
         };
         let frame = ServerFrame::Message(stored.clone()).encode();
         let stream = StreamKey::Room(room_id.clone());
@@ -321,6 +325,8 @@ impl Store for Shared {
                 epoch: earlier.epoch.clone(),
                 seq: earlier.seq,
                 ts: earlier.ts,
+                duplicate: false,
+                conflict: false,
             };
             return Ok(DirectPosted {
                 sender,
@@ -342,6 +348,8 @@ impl Store for Shared {
                 epoch: stored.epoch.clone(),
                 seq: stored.seq,
                 ts,
+                duplicate: false,
+                conflict: false,
             });
             let frame = ServerFrame::Message(stored.clone()).encode();
             let stream = StreamKey::Inbox(owner.clone());
@@ -672,7 +680,15 @@ mod tests {
             .post(&room, &with_id("hi", "c1"))
             .await
             .expect("retry");
-        assert_eq!(first, retry, "the same receipt");
+        assert!(!first.duplicate && !first.conflict);
+        assert_eq!(
+            retry,
+            Posted {
+                duplicate: true,
+                ..first.clone()
+            },
+            "the same receipt, flagged as a duplicate"
+        );
         let other_author = Draft {
             client_msg_id: Some("c1".into()),
             ..draft("b", "hi")
@@ -737,7 +753,16 @@ mod tests {
             .post_direct(&user("b"), &dm)
             .await
             .expect("retry");
-        assert_eq!((retry.sender, retry.recipient), (first.sender, None));
+        assert_eq!(
+            (retry.sender, retry.recipient),
+            (
+                Posted {
+                    duplicate: true,
+                    ..first.sender
+                },
+                None
+            )
+        );
         let inbox = backend
             .store
             .range(&StreamKey::Inbox(user("b")), 0, u64::MAX, 10, 0)
@@ -775,5 +800,91 @@ mod tests {
             .expect("range");
         assert_eq!(inbox.len(), 1);
         assert_eq!(inbox[0].to_user_id, Some(user("b")));
+    }
+
+    #[tokio::test]
+    async fn a_reused_client_msg_id_with_other_content_is_flagged_and_stored_nowhere() {
+        let mut backend = open(MemoryConfig {
+            history_per_room: 10,
+        });
+        let room = id("r");
+        let (ann, bob) = (user("a"), user("b"));
+        for stream in [StreamKey::Room(room.clone()), StreamKey::Inbox(ann.clone())] {
+            backend.broker.subscribe(&stream).await.expect("sub");
+        }
+        let with_id = |text: &str| Draft {
+            client_msg_id: Some("c1".into()),
+            ..draft("a", text)
+        };
+
+        let first = backend
+            .store
+            .post(&room, &with_id("hi"))
+            .await
+            .expect("post");
+        let reused = backend
+            .store
+            .post(&room, &with_id("something else"))
+            .await
+            .expect("post");
+        assert_eq!(
+            reused,
+            Posted {
+                duplicate: true,
+                conflict: true,
+                ..first.clone()
+            },
+            "the earlier receipt, flagged as a conflict"
+        );
+        let retry = backend
+            .store
+            .post(&room, &with_id("hi"))
+            .await
+            .expect("retry");
+        assert!(retry.duplicate && !retry.conflict, "{retry:?}");
+        let log = backend
+            .store
+            .range(&StreamKey::Room(room.clone()), 0, u64::MAX, 10, 0)
+            .await
+            .expect("range");
+        assert_eq!(
+            log.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+            vec!["hi"]
+        );
+
+        let dm = backend
+            .store
+            .post_direct(&bob, &with_id("psst"))
+            .await
+            .expect("dm");
+        let reused = backend
+            .store
+            .post_direct(&bob, &with_id("other"))
+            .await
+            .expect("dm");
+        assert_eq!(reused.recipient, None, "nothing stored for the recipient");
+        assert_eq!(
+            reused.sender,
+            Posted {
+                duplicate: true,
+                conflict: true,
+                ..dm.sender.clone()
+            }
+        );
+        let inbox = backend
+            .store
+            .range(&StreamKey::Inbox(bob.clone()), 0, u64::MAX, 10, 0)
+            .await
+            .expect("range");
+        assert_eq!(inbox.len(), 1);
+
+        // Only the two first posts were published.
+        let mut published = Vec::new();
+        while let Ok(event) = backend.events.try_recv() {
+            if let BrokerEvent::Message { message, .. } = event {
+                published.push(message.content);
+            }
+        }
+        assert_eq!(published, vec!["hi", "psst"]);
     }
 }

@@ -5,7 +5,7 @@ mod redis_support;
 
 use std::time::Duration;
 
-use chat_backend::{BackendError, BrokerEvent, Counts, Draft, JoinRequest, StreamKey};
+use chat_backend::{BackendError, BrokerEvent, Counts, Draft, JoinRequest, Posted, StreamKey};
 use chat_protocol::ServerFrame;
 use redis_support::*;
 
@@ -767,7 +767,15 @@ async fn a_retried_post_with_the_same_client_msg_id_is_stored_and_published_once
             .post(&r, &with_id("a", "c1"))
             .await
             .expect("retry");
-        assert_eq!(first, retry, "the same receipt: seq, epoch and ts");
+        assert!(!first.duplicate && !first.conflict);
+        assert_eq!(
+            retry,
+            Posted {
+                duplicate: true,
+                ..first.clone()
+            },
+            "the same receipt: seq, epoch and ts, flagged as a duplicate"
+        );
         let other = backend
             .store
             .post(&r, &with_id("b", "c1"))
@@ -838,7 +846,13 @@ async fn a_retried_direct_message_is_stored_and_published_once() {
         assert!(first.recipient.is_some());
         assert_eq!(
             (retry.sender, retry.recipient),
-            (first.sender.clone(), None)
+            (
+                Posted {
+                    duplicate: true,
+                    ..first.sender.clone()
+                },
+                None
+            )
         );
         // The same id to someone else is a different message.
         let to_cid = backend
@@ -1087,6 +1101,108 @@ async fn a_direct_message_from_an_inbox_with_a_damaged_seq_changes_and_publishes
                 other => panic!("seq {seq:?}: expected the control message, got {other:?}"),
             }
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reused_client_msg_id_with_other_content_is_flagged_and_stored_nowhere() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut backend = open(config(&server, "n1")).await;
+        let r = room("r");
+        let (ann, bob) = (user("ann"), user("bob"));
+        for stream in [StreamKey::Room(r.clone()), StreamKey::Inbox(bob.clone())] {
+            backend.broker.subscribe(&stream).await.expect("subscribe");
+        }
+        let with_id = |text: &str| Draft {
+            client_msg_id: Some("c1".into()),
+            ..draft("ann", text)
+        };
+
+        let first = backend.store.post(&r, &with_id("hi")).await.expect("post");
+        assert!(!first.duplicate && !first.conflict);
+        let reused = backend
+            .store
+            .post(&r, &with_id("something else"))
+            .await
+            .expect("post");
+        assert_eq!(
+            reused,
+            Posted {
+                duplicate: true,
+                conflict: true,
+                ..first.clone()
+            },
+            "the earlier receipt, flagged as a conflict"
+        );
+        let retry = backend.store.post(&r, &with_id("hi")).await.expect("retry");
+        assert!(retry.duplicate && !retry.conflict, "{retry:?}");
+        let log = backend
+            .store
+            .range(&StreamKey::Room(r.clone()), 0, u64::MAX, 10, 0)
+            .await
+            .expect("range");
+        assert_eq!(
+            log.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+            vec!["hi"]
+        );
+
+        let dm = backend
+            .store
+            .post_direct(&bob, &with_id("psst"))
+            .await
+            .expect("dm");
+        assert!(!dm.sender.duplicate && !dm.sender.conflict);
+        let reused = backend
+            .store
+            .post_direct(&bob, &with_id("other"))
+            .await
+            .expect("dm");
+        assert_eq!(reused.recipient, None, "nothing stored for the recipient");
+        assert_eq!(
+            reused.sender,
+            Posted {
+                duplicate: true,
+                conflict: true,
+                ..dm.sender.clone()
+            }
+        );
+        let retry = backend
+            .store
+            .post_direct(&bob, &with_id("psst"))
+            .await
+            .expect("retry");
+        assert!(retry.sender.duplicate && !retry.sender.conflict);
+        for inbox in [&ann, &bob] {
+            assert_eq!(
+                backend
+                    .store
+                    .range(&StreamKey::Inbox(inbox.clone()), 0, u64::MAX, 10, 0)
+                    .await
+                    .expect("range")
+                    .len(),
+                1,
+                "{inbox}"
+            );
+        }
+
+        // Nothing of the reused ids was published: after a control post, exactly the first
+        // room post, bob's copy of the first DM and the control post have arrived, in order.
+        backend
+            .store
+            .post(&r, &draft("ann", "control"))
+            .await
+            .expect("control");
+        let mut seen = Vec::new();
+        while seen.last().map(String::as_str) != Some("control") {
+            match next_event(&mut backend.events, WAIT).await {
+                Some(BrokerEvent::Message { message, .. }) => seen.push(message.content),
+                Some(_) => {}
+                None => panic!("no control message; saw {seen:?}"),
+            }
+        }
+        assert_eq!(seen, vec!["hi", "psst", "control"]);
     })
     .await;
 }

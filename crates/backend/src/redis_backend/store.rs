@@ -142,6 +142,8 @@ fn posted(what: &str, seq: &Value, epoch: Value, ts: &Value) -> Result<Posted> {
         seq: reply::uint(what, seq)?,
         epoch: reply::epoch(what, epoch)?,
         ts: reply::uint(what, ts)?,
+        duplicate: false,
+        conflict: false,
     })
 }
 
