@@ -136,8 +136,9 @@ impl Log {
         message
     }
 
-    /// The message `draft` (to `to`) would duplicate, if it is still in the log.
-    fn earlier(&self, draft: &Draft, to: Option<&UserId>) -> Option<&ChatMessage> {
+    /// The receipt of the earlier post `draft` (to `to`) repeats, by its `clientMsgId`, while that
+    /// post is still in the log: flagged `duplicate`, and `conflict` when its content differs.
+    fn earlier(&self, draft: &Draft, to: Option<&UserId>) -> Option<Posted> {
         let id = (
             draft.user_id.clone(),
             to.cloned(),
@@ -145,8 +146,16 @@ impl Log {
         );
         let seq = *self.post_ids.get(&id)?;
         let first = self.entries.front()?.seq;
-        self.entries
-            .get(usize::try_from(seq.checked_sub(first)?).ok()?)
+        let earlier = self
+            .entries
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+        Some(Posted {
+            epoch: earlier.epoch.clone(),
+            seq: earlier.seq,
+            ts: earlier.ts,
+            duplicate: true,
+            conflict: earlier.content != draft.content,
+        })
     }
 
     fn range(&self, after: u64, through: u64, max: usize, min_ts: u64) -> Vec<ChatMessage> {
@@ -281,14 +290,9 @@ impl Store for Shared {
             .entry(room_id.clone())
             .or_insert_with(|| Room::new(room_id));
         if let Some(earlier) = room.log.earlier(draft, None) {
-            // A retry of a post that already landed: same receipt, nothing stored or sent again.
-            return Ok(Posted {
-                epoch: earlier.epoch.clone(),
-                seq: earlier.seq,
-                ts: earlier.ts,
-                duplicate: false,
-                conflict: false,
-            });
+            // A retry of a post that already landed (or a reuse of its id, flagged `conflict`):
+            // its receipt, nothing stored or sent again.
+            return Ok(earlier);
         }
         let message = message_from(draft, Some(room_id), None, now_ms());
         let stored = room.log.append(message, self.config.history_per_room);
@@ -315,19 +319,13 @@ impl Store for Shared {
 
     async fn post_direct(&self, to: &UserId, draft: &Draft) -> Result<DirectPosted> {
         let mut state = self.state.lock().await;
-        if let Some(earlier) = state
+        if let Some(sender) = state
             .inboxes
             .get(&draft.user_id)
             .and_then(|inbox| inbox.earlier(draft, Some(to)))
         {
-            // A retry: the sender's receipt again, nothing stored or sent.
-            let sender = Posted {
-                epoch: earlier.epoch.clone(),
-                seq: earlier.seq,
-                ts: earlier.ts,
-                duplicate: false,
-                conflict: false,
-            };
+            // A retry (or a reuse of the id, flagged `conflict`): the sender's receipt again,
+            // nothing stored or sent.
             return Ok(DirectPosted {
                 sender,
                 recipient: None,

@@ -137,6 +137,7 @@ fn parse_cursor(what: &str, value: Value) -> Result<Option<u64>> {
     }
 }
 
+/// A new post's receipt from script reply items (callers set the retry flags).
 fn posted(what: &str, seq: &Value, epoch: Value, ts: &Value) -> Result<Posted> {
     Ok(Posted {
         seq: reply::uint(what, seq)?,
@@ -339,7 +340,11 @@ impl Store for RedisStore {
         let seq = next(W, &mut it)?;
         let epoch = next(W, &mut it)?;
         let ts = next(W, &mut it)?;
-        posted(W, &seq, epoch, &ts)
+        Ok(Posted {
+            duplicate: flag(W, &next(W, &mut it)?)?,
+            conflict: flag(W, &next(W, &mut it)?)?,
+            ..posted(W, &seq, epoch, &ts)?
+        })
     }
 
     async fn post_direct(&self, to: &UserId, draft: &Draft) -> Result<DirectPosted> {
@@ -370,6 +375,7 @@ impl Store for RedisStore {
         let (rseq, repoch) = (next(W, &mut it)?, next(W, &mut it)?);
         let (sseq, sepoch) = (next(W, &mut it)?, next(W, &mut it)?);
         let ts = next(W, &mut it)?;
+        let conflict = flag(W, &next(W, &mut it)?)?;
         let retry = reply::int(W, &rseq)? == 0;
         Ok(DirectPosted {
             recipient: if retry {
@@ -377,7 +383,11 @@ impl Store for RedisStore {
             } else {
                 Some(posted(W, &rseq, repoch, &ts)?)
             },
-            sender: posted(W, &sseq, sepoch, &ts)?,
+            sender: Posted {
+                duplicate: retry,
+                conflict,
+                ..posted(W, &sseq, sepoch, &ts)?
+            },
         })
     }
 

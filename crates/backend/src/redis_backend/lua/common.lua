@@ -121,8 +121,10 @@ end
 
 -- Retried posts: `ids` maps `author-side id` -> seq in `log` (meta/log of the log the author's
 -- copy lives in). Returns seq, epoch, ts of the earlier post with this id while it is still in
--- the log, or nil.
-local function earlier_post(ids, meta, log, id)
+-- the log, and a conflict flag: 1 when the earlier post's content differs from the content of
+-- `body` (this post's body JSON), i.e. the id was reused for a different message, else 0. Returns
+-- nil when there is no such earlier post.
+local function earlier_post(ids, meta, log, id, body)
   if id == '' then
     return nil
   end
@@ -138,7 +140,13 @@ local function earlier_post(ids, meta, log, id)
   local entry = redis.call('ZRANGEBYSCORE', log, earlier, earlier)[1]
   local ok, decoded = pcall(cjson.decode, entry or '')
   if ok and type(decoded) == 'table' and tonumber(decoded.ts) and decoded.epoch == epoch then
-    return tonumber(earlier), epoch, tonumber(decoded.ts)
+    local draft_ok, draft = pcall(cjson.decode, body)
+    local conflict = 1
+    if draft_ok and type(draft) == 'table' and type(draft.content) == 'string'
+        and draft.content == decoded.content then
+      conflict = 0
+    end
+    return tonumber(earlier), epoch, tonumber(decoded.ts), conflict
   end
   return nil
 end

@@ -7,8 +7,9 @@
 -- ARGV[1] recipient epoch candidate, ARGV[2] sender epoch candidate, ARGV[3] body JSON,
 -- ARGV[4] log cap, ARGV[5] recipient channel, ARGV[6] sender channel, ARGV[7] `to|clientMsgId`
 -- or '', ARGV[8] '1' when sender and recipient are the same user
--- Returns {recipient seq, recipient epoch, sender seq, sender epoch, ts} for a new message, or
--- {0, '', sender seq, sender epoch, ts} of the earlier one for a retry (nothing stored or sent).
+-- Returns {recipient seq, recipient epoch, sender seq, sender epoch, ts, 0} for a new message, or
+-- {0, '', sender seq, sender epoch, ts, conflict} of the earlier one for a retry (nothing stored
+-- or sent); conflict is 1 when the earlier message's content differs (the id was reused).
 --
 -- Redis does not undo earlier writes when a later command fails, so the order is: every check
 -- (both inboxes, both ids ZSETs, both candidates, the body), then the writes, then the PUBLISHes.
@@ -18,9 +19,9 @@ check_append(KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3])
 local cap = tonumber(ARGV[4])
 local id = ARGV[7]
 local to_self = ARGV[8] == '1'
-local eseq, eepoch, ets = earlier_post(KEYS[5], KEYS[3], KEYS[4], id)
+local eseq, eepoch, ets, conflict = earlier_post(KEYS[5], KEYS[3], KEYS[4], id, ARGV[3])
 if eseq then
-  return {0, '', eseq, eepoch, ets}
+  return {0, '', eseq, eepoch, ets, conflict}
 end
 local ts = now_ms()
 local rseq, repoch, rframe = append(KEYS[1], KEYS[2], KEYS[6], ARGV[1], ARGV[3], ts, cap)
@@ -33,4 +34,4 @@ redis.call('PUBLISH', ARGV[5], rframe)
 if sframe then
   redis.call('PUBLISH', ARGV[6], sframe)
 end
-return {rseq, repoch, sseq, sepoch, ts}
+return {rseq, repoch, sseq, sepoch, ts, 0}
