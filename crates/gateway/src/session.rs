@@ -465,6 +465,7 @@ impl Session {
                     seq: posted.seq,
                     epoch: posted.epoch,
                     ts: posted.ts,
+                    duplicate: posted.duplicate,
                 }));
             }
             Target::User(to) => {
@@ -492,6 +493,7 @@ impl Session {
                     seq: posted.sender.seq,
                     epoch: posted.sender.epoch,
                     ts: posted.sender.ts,
+                    duplicate: posted.sender.duplicate,
                 }));
             }
         }
