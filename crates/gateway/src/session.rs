@@ -446,6 +446,17 @@ impl Session {
     }
 
     async fn post(&mut self, post: PostRequest) -> Result<(), ProtocolError> {
+        /// The store answered with the receipt of an earlier post with this `clientMsgId` but
+        /// other content: the id was reused, and nothing was stored. (`on_text` adds the ref.)
+        fn id_conflict(client_msg_id: Option<&str>) -> ProtocolError {
+            ProtocolError::new(
+                ErrorCode::IdConflict,
+                format!(
+                    "clientMsgId `{}` was already used for a different message; use a new id",
+                    client_msg_id.unwrap_or_default()
+                ),
+            )
+        }
         let node = self.node.clone();
         match post.target {
             Target::Room(room) => {
@@ -457,6 +468,9 @@ impl Session {
                     client_msg_id: post.client_msg_id.clone(),
                 };
                 let posted = node.store.post(&room, &draft).await.map_err(unavailable)?;
+                if posted.conflict {
+                    return Err(id_conflict(post.client_msg_id.as_deref()));
+                }
                 tracing::debug!(%room, seq = posted.seq, "posted");
                 self.reply(&ServerFrame::Sent(Sent {
                     room_id: Some(room),
@@ -486,6 +500,9 @@ impl Session {
                     .post_direct(&to, &draft)
                     .await
                     .map_err(unavailable)?;
+                if posted.sender.conflict {
+                    return Err(id_conflict(post.client_msg_id.as_deref()));
+                }
                 self.reply(&ServerFrame::Sent(Sent {
                     room_id: None,
                     to_user_id: Some(to),
