@@ -28,10 +28,6 @@ local function check_type(key, want)
   end
 end
 
-local function valid_epoch(epoch)
-  return type(epoch) == 'string' and #epoch <= 64 and string.match(epoch, '^[%w_%-]+$') ~= nil
-end
-
 -- A stored seq counter `append` can take the next seq from: exactly what HINCRBY accepts (decimal
 -- digits, no leading zero except "0" itself, a signed 64-bit integer with room for +1), and
 -- further below 2^53, so that the next seq is still exact as a Lua number (a double) and as a ZSET
@@ -45,6 +41,10 @@ local function valid_seq(seq)
     return false
   end
   return #seq <= 16 and tonumber(seq) < 9007199254740992
+end
+
+local function valid_epoch(epoch)
+  return type(epoch) == 'string' and #epoch <= 64 and string.match(epoch, '^[%w_%-]+$') ~= nil
 end
 
 -- A log's meta HASH (and its ZSET when given) must be readable before anything is appended.

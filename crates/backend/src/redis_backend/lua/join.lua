@@ -4,7 +4,6 @@
 -- ARGV[1] user, ARGV[2] user name, ARGV[3] room name ('' = none given), ARGV[4] room id,
 -- ARGV[5] epoch candidate, ARGV[6] node id, ARGV[7] presence TTL ms, ARGV[8] cursor field,
 -- ARGV[9] cursor TTL s
--- The last two KEYS: the room log ZSET and its post ids ZSET (emptied when the epoch is created).
 -- Returns {room name, epoch, seq text, num, total, came online 0/1, new member 0/1, cursor text or ''}.
 --
 -- Expired `online` entries of other users are deliberately NOT pruned here: reap_presence owns
@@ -39,6 +38,7 @@ elseif not name then
   redis.call('HSET', KEYS[1], 'name', name)
 end
 
+-- The last two KEYS are the room log ZSET and its post ids ZSET: emptied if this creates the epoch.
 local epoch = ensure_epoch(KEYS[1], ARGV[5], KEYS[#KEYS - 1], KEYS[#KEYS])
 local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
 
