@@ -144,8 +144,9 @@ impl Log {
         message
     }
 
-    /// The message `draft` (to `to`) would duplicate, if it is still in the log.
-    fn earlier(&self, draft: &Draft, to: Option<&UserId>) -> Option<&ChatMessage> {
+    /// The receipt of the earlier post `draft` (to `to`) repeats, by its `clientMsgId`, while that
+    /// post is still in the log: flagged `duplicate`, and `conflict` when its content differs.
+    fn earlier(&self, draft: &Draft, to: Option<&UserId>) -> Option<Posted> {
         let id = (
             draft.user_id.clone(),
             to.cloned(),
@@ -153,8 +154,16 @@ impl Log {
         );
         let seq = *self.post_ids.get(&id)?;
         let first = self.entries.front()?.seq;
-        self.entries
-            .get(usize::try_from(seq.checked_sub(first)?).ok()?)
+        let earlier = self
+            .entries
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+        Some(Posted {
+            epoch: earlier.epoch.clone(),
+            seq: earlier.seq,
+            ts: earlier.ts,
+            duplicate: true,
+            conflict: earlier.content != draft.content,
+        })
     }
 
     fn range(&self, after: u64, through: u64, max: usize, min_ts: u64) -> Vec<ChatMessage> {
@@ -317,12 +326,9 @@ impl Store for Shared {
             .entry(room_id.clone())
             .or_insert_with(|| Room::new(room_id));
         if let Some(earlier) = room.log.earlier(draft, None) {
-            // A retry of a post that already landed: same receipt, nothing stored or sent again.
-            return Ok(Posted {
-                epoch: earlier.epoch.clone(),
-                seq: earlier.seq,
-                ts: earlier.ts,
-            });
+            // A retry of a post that already landed (or a reuse of its id, flagged `conflict`):
+            // its receipt, nothing stored or sent again.
+            return Ok(earlier);
         }
         let message = message_from(draft, Some(room_id), None, now_ms());
         let stored = room.log.append(message, self.config.history_per_room);
@@ -330,6 +336,8 @@ impl Store for Shared {
             epoch: stored.epoch.clone(),
             seq: stored.seq,
             ts: stored.ts,
+            duplicate: false,
+            conflict: false,
         };
         let frame = ServerFrame::Message(stored.clone()).encode();
         let stream = StreamKey::Room(room_id.clone());
@@ -347,17 +355,13 @@ impl Store for Shared {
 
     async fn post_direct(&self, to: &UserId, draft: &Draft) -> Result<DirectPosted> {
         let mut state = self.state.lock().await;
-        if let Some(earlier) = state
+        if let Some(sender) = state
             .inboxes
             .get(&draft.user_id)
             .and_then(|inbox| inbox.earlier(draft, Some(to)))
         {
-            // A retry: the sender's receipt again, nothing stored or sent.
-            let sender = Posted {
-                epoch: earlier.epoch.clone(),
-                seq: earlier.seq,
-                ts: earlier.ts,
-            };
+            // A retry (or a reuse of the id, flagged `conflict`): the sender's receipt again,
+            // nothing stored or sent.
             return Ok(DirectPosted {
                 sender,
                 recipient: None,
@@ -378,6 +382,8 @@ impl Store for Shared {
                 epoch: stored.epoch.clone(),
                 seq: stored.seq,
                 ts,
+                duplicate: false,
+                conflict: false,
             });
             let frame = ServerFrame::Message(stored.clone()).encode();
             let stream = StreamKey::Inbox(owner.clone());
@@ -736,7 +742,15 @@ mod tests {
             .post(&room, &with_id("hi", "c1"))
             .await
             .expect("retry");
-        assert_eq!(first, retry, "the same receipt");
+        assert!(!first.duplicate && !first.conflict);
+        assert_eq!(
+            retry,
+            Posted {
+                duplicate: true,
+                ..first.clone()
+            },
+            "the same receipt, flagged as a duplicate"
+        );
         let other_author = Draft {
             client_msg_id: Some("c1".into()),
             ..draft("b", "hi")
@@ -801,7 +815,16 @@ mod tests {
             .post_direct(&user("b"), &dm)
             .await
             .expect("retry");
-        assert_eq!((retry.sender, retry.recipient), (first.sender, None));
+        assert_eq!(
+            (retry.sender, retry.recipient),
+            (
+                Posted {
+                    duplicate: true,
+                    ..first.sender
+                },
+                None
+            )
+        );
         let inbox = backend
             .store
             .range(&StreamKey::Inbox(user("b")), 0, u64::MAX, 10, 0)
@@ -839,5 +862,91 @@ mod tests {
             .expect("range");
         assert_eq!(inbox.len(), 1);
         assert_eq!(inbox[0].to_user_id, Some(user("b")));
+    }
+
+    #[tokio::test]
+    async fn a_reused_client_msg_id_with_other_content_is_flagged_and_stored_nowhere() {
+        let mut backend = open(MemoryConfig {
+            history_per_room: 10,
+        });
+        let room = id("r");
+        let (ann, bob) = (user("a"), user("b"));
+        for stream in [StreamKey::Room(room.clone()), StreamKey::Inbox(ann.clone())] {
+            backend.broker.subscribe(&stream).await.expect("sub");
+        }
+        let with_id = |text: &str| Draft {
+            client_msg_id: Some("c1".into()),
+            ..draft("a", text)
+        };
+
+        let first = backend
+            .store
+            .post(&room, &with_id("hi"))
+            .await
+            .expect("post");
+        let reused = backend
+            .store
+            .post(&room, &with_id("something else"))
+            .await
+            .expect("post");
+        assert_eq!(
+            reused,
+            Posted {
+                duplicate: true,
+                conflict: true,
+                ..first.clone()
+            },
+            "the earlier receipt, flagged as a conflict"
+        );
+        let retry = backend
+            .store
+            .post(&room, &with_id("hi"))
+            .await
+            .expect("retry");
+        assert!(retry.duplicate && !retry.conflict, "{retry:?}");
+        let log = backend
+            .store
+            .range(&StreamKey::Room(room.clone()), 0, u64::MAX, 10, 0)
+            .await
+            .expect("range");
+        assert_eq!(
+            log.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+            vec!["hi"]
+        );
+
+        let dm = backend
+            .store
+            .post_direct(&bob, &with_id("psst"))
+            .await
+            .expect("dm");
+        let reused = backend
+            .store
+            .post_direct(&bob, &with_id("other"))
+            .await
+            .expect("dm");
+        assert_eq!(reused.recipient, None, "nothing stored for the recipient");
+        assert_eq!(
+            reused.sender,
+            Posted {
+                duplicate: true,
+                conflict: true,
+                ..dm.sender.clone()
+            }
+        );
+        let inbox = backend
+            .store
+            .range(&StreamKey::Inbox(bob.clone()), 0, u64::MAX, 10, 0)
+            .await
+            .expect("range");
+        assert_eq!(inbox.len(), 1);
+
+        // Only the two first posts were published.
+        let mut published = Vec::new();
+        while let Ok(event) = backend.events.try_recv() {
+            if let BrokerEvent::Message { message, .. } = event {
+                published.push(message.content);
+            }
+        }
+        assert_eq!(published, vec!["hi", "psst"]);
     }
 }

@@ -195,6 +195,13 @@ pub struct Posted {
     pub seq: u64,
     /// Server time of posting (ms since the Unix epoch).
     pub ts: u64,
+    /// True when this is the receipt of an earlier post by the same author with the same
+    /// `clientMsgId` (to the same addressee, for direct messages), still in the log: nothing new
+    /// was stored or published. A plain retry.
+    pub duplicate: bool,
+    /// True when `duplicate` and the earlier post's content differs from this draft's: the
+    /// `clientMsgId` was reused for a different message, which was not stored.
+    pub conflict: bool,
 }
 
 /// Where a direct message landed: once in each inbox.

@@ -454,6 +454,331 @@ async fn presence_across_two_nodes() {
     .await;
 }
 
+/// Posts `texts` to `r`, each with its text as `clientMsgId`.
+async fn post_all(store: &dyn chat_backend::Store, r: &chat_protocol::RoomId, texts: &[&str]) {
+    for text in texts {
+        let d = Draft {
+            client_msg_id: Some((*text).to_owned()),
+            ..draft("ann", text)
+        };
+        store.post(r, &d).await.expect("post");
+    }
+}
+
+/// `(seq, epoch, content)` of every message of a stream.
+async fn log_of(store: &dyn chat_backend::Store, stream: &StreamKey) -> Vec<(u64, String, String)> {
+    store
+        .range(stream, 0, u64::MAX, 100, 0)
+        .await
+        .expect("range")
+        .into_iter()
+        .map(|m| (m.seq, m.epoch, m.content))
+        .collect()
+}
+
+fn expected(epoch: &str, texts: &[(u64, &str)]) -> Vec<(u64, String, String)> {
+    texts
+        .iter()
+        .map(|(seq, text)| (*seq, epoch.to_owned(), (*text).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_lost_meta_key_starts_a_new_epoch_with_a_clean_log() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut cfg = config(&server, "n1");
+        cfg.history_per_room = 4;
+        let backend = open(cfg).await;
+        let store = backend.store.as_ref();
+
+        // Through post: old messages 1..3, meta lost, new posts.
+        let r = room("r");
+        let stream = StreamKey::Room(r.clone());
+        post_all(store, &r, &["o1", "o2", "o3"]).await;
+        let old = store.head(&stream).await.expect("head").epoch;
+        raw(&server, &["DEL", "chat:room:r:meta"]).await;
+        // "o1" is an old clientMsgId: in the new epoch it is a new message, not a retry of seq 1.
+        post_all(store, &r, &["n1", "o1", "n3"]).await;
+        let new = store.head(&stream).await.expect("head");
+        assert_ne!(new.epoch, old, "a lost meta key means a new epoch");
+        assert_eq!(new.seq, 3);
+        let want = expected(&new.epoch, &[(1, "n1"), (2, "o1"), (3, "n3")]);
+        assert_eq!(
+            log_of(store, &stream).await,
+            want,
+            "range: one epoch, in order"
+        );
+        let (epoch, page) = store.history(&r, None, 100).await.expect("history");
+        assert_eq!(epoch, new.epoch);
+        let page: Vec<_> = page
+            .into_iter()
+            .map(|m| (m.seq, m.epoch, m.content))
+            .collect();
+        assert_eq!(page, want, "history: one epoch, in order");
+        // Trimming (to 4) keeps the newest of the new epoch.
+        post_all(store, &r, &["n4", "n5", "n6"]).await;
+        assert_eq!(
+            log_of(store, &stream).await,
+            expected(&new.epoch, &[(3, "n3"), (4, "n4"), (5, "n5"), (6, "n6")])
+        );
+        let ids = raw_strings(&server, &["ZRANGE", "chat:room:r:ids", "0", "-1"]).await;
+        assert_eq!(ids, vec!["ann|n3", "ann|n4", "ann|n5", "ann|n6"]);
+        // Reads also leave out any entry of another epoch (defence in depth).
+        let stale = format!(
+            r#"{{"event":"message","seq":7,"epoch":"{old}","ts":1,"roomId":"r","userId":"ann","userName":"ANN","content":"stale"}}"#
+        );
+        raw(&server, &["ZADD", "chat:room:r:log", "7", &stale]).await;
+        let want = expected(&new.epoch, &[(3, "n3"), (4, "n4"), (5, "n5"), (6, "n6")]);
+        assert_eq!(log_of(store, &stream).await, want);
+        let (_, page) = store.history(&r, None, 100).await.expect("history");
+        let page: Vec<_> = page.into_iter().map(|m| (m.seq, m.epoch, m.content)).collect();
+        assert_eq!(page, want);
+
+        // Through head and join, which create the epoch before any post.
+        for (name, via_join) in [("h", false), ("j", true)] {
+            let r = room(name);
+            let stream = StreamKey::Room(r.clone());
+            post_all(store, &r, &["o1", "o2"]).await;
+            raw(&server, &["DEL", &format!("chat:room:{name}:meta")]).await;
+            let epoch = if via_join {
+                let joined = store
+                    .join(&JoinRequest {
+                        room: &r,
+                        user: &user("ann"),
+                        user_name: "ANN",
+                        room_name: None,
+                    })
+                    .await
+                    .expect("join");
+                assert_eq!(joined.head.seq, 0, "{name}");
+                joined.head.epoch
+            } else {
+                let head = store.head(&stream).await.expect("head");
+                assert_eq!(head.seq, 0, "{name}");
+                head.epoch
+            };
+            assert!(
+                log_of(store, &stream).await.is_empty(),
+                "{name}: old log gone"
+            );
+            post_all(store, &r, &["o2"]).await;
+            assert_eq!(
+                log_of(store, &stream).await,
+                expected(&epoch, &[(1, "o2")]),
+                "{name}"
+            );
+        }
+
+        // An inbox: a lost meta key resets the owner's log and the ids of what the owner sent.
+        let (ann, bob) = (user("ann"), user("bob"));
+        let dm = |text: &str| Draft {
+            client_msg_id: Some(text.to_owned()),
+            ..draft("ann", text)
+        };
+        for text in ["o1", "o2", "o3"] {
+            store.post_direct(&bob, &dm(text)).await.expect("dm");
+        }
+        raw(&server, &["DEL", "chat:user:ann:inbox:meta"]).await;
+        raw(&server, &["DEL", "chat:user:bob:inbox:meta"]).await;
+        let p = store.post_direct(&bob, &dm("o1")).await.expect("dm");
+        let recipient = p.recipient.expect("a new message, not a retry");
+        assert_eq!((recipient.seq, p.sender.seq), (1, 1));
+        assert_eq!(
+            log_of(store, &StreamKey::Inbox(bob.clone())).await,
+            expected(&recipient.epoch, &[(1, "o1")])
+        );
+        assert_eq!(
+            log_of(store, &StreamKey::Inbox(ann.clone())).await,
+            expected(&p.sender.epoch, &[(1, "o1")])
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_direct_message_from_an_inbox_with_a_damaged_seq_changes_and_publishes_nothing() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut backend = open(config(&server, "n1")).await;
+        // Each of these passes a `^%d+$` check, but HINCRBY refuses it (leading zeros, overflow,
+        // not a 64-bit integer) or the next seq is no longer exact as a Lua number or a score.
+        let damaged = [
+            "007",
+            "9223372036854775807",
+            "123456789012345678901234567890",
+            "9007199254740992",
+        ];
+        for (i, seq) in damaged.into_iter().enumerate() {
+            let sender = format!("mallory{i}");
+            let to = user(&format!("bob{i}"));
+            let inbox = StreamKey::Inbox(to.clone());
+            backend.broker.subscribe(&inbox).await.expect("subscribe");
+            let before = backend.store.head(&inbox).await.expect("head");
+            let meta = format!("chat:user:{sender}:inbox:meta");
+            raw(&server, &["HSET", &meta, "epoch", "e1", "seq", seq]).await;
+
+            match backend.store.post_direct(&to, &draft(&sender, "hi")).await {
+                Err(BackendError::Corrupt(_)) => {}
+                other => panic!("seq {seq:?}: expected Corrupt, got {other:?}"),
+            }
+            let key = format!("chat:user:bob{i}:inbox");
+            assert!(
+                raw_strings(&server, &["ZRANGE", &key, "0", "-1"])
+                    .await
+                    .is_empty(),
+                "seq {seq:?}: the recipient got a copy"
+            );
+            assert_eq!(
+                backend.store.head(&inbox).await.expect("head"),
+                before,
+                "seq {seq:?}: the recipient's inbox moved"
+            );
+            assert_eq!(
+                raw_strings(&server, &["HMGET", &meta, "epoch", "seq"]).await,
+                vec!["e1".to_owned(), seq.to_owned()],
+                "seq {seq:?}: the sender's meta changed"
+            );
+            assert!(
+                raw_strings(
+                    &server,
+                    &["ZRANGE", &format!("chat:user:{sender}:inbox"), "0", "-1"]
+                )
+                .await
+                .is_empty()
+            );
+            // Nothing was published either: the first event on the recipient's channel is a
+            // control message sent after the failed one.
+            let control = backend
+                .store
+                .post_direct(&to, &draft("carol", "control"))
+                .await
+                .expect("control dm");
+            assert_eq!(control.recipient.map(|p| p.seq), Some(1));
+            match next_event(&mut backend.events, WAIT).await {
+                Some(BrokerEvent::Message {
+                    stream, message, ..
+                }) => {
+                    assert_eq!(stream, inbox, "seq {seq:?}");
+                    assert_eq!(
+                        (
+                            message.user_id.as_str(),
+                            message.content.as_str(),
+                            message.seq
+                        ),
+                        ("carol", "control", 1),
+                        "seq {seq:?}: the failed message was published first"
+                    );
+                }
+                other => panic!("seq {seq:?}: expected the control message, got {other:?}"),
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reused_client_msg_id_with_other_content_is_flagged_and_stored_nowhere() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut backend = open(config(&server, "n1")).await;
+        let r = room("r");
+        let (ann, bob) = (user("ann"), user("bob"));
+        for stream in [StreamKey::Room(r.clone()), StreamKey::Inbox(bob.clone())] {
+            backend.broker.subscribe(&stream).await.expect("subscribe");
+        }
+        let with_id = |text: &str| Draft {
+            client_msg_id: Some("c1".into()),
+            ..draft("ann", text)
+        };
+
+        let first = backend.store.post(&r, &with_id("hi")).await.expect("post");
+        assert!(!first.duplicate && !first.conflict);
+        let reused = backend
+            .store
+            .post(&r, &with_id("something else"))
+            .await
+            .expect("post");
+        assert_eq!(
+            reused,
+            chat_backend::Posted {
+                duplicate: true,
+                conflict: true,
+                ..first.clone()
+            },
+            "the earlier receipt, flagged as a conflict"
+        );
+        let retry = backend.store.post(&r, &with_id("hi")).await.expect("retry");
+        assert!(retry.duplicate && !retry.conflict, "{retry:?}");
+        let log = backend
+            .store
+            .range(&StreamKey::Room(r.clone()), 0, u64::MAX, 10, 0)
+            .await
+            .expect("range");
+        assert_eq!(
+            log.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+            vec!["hi"]
+        );
+
+        let dm = backend
+            .store
+            .post_direct(&bob, &with_id("psst"))
+            .await
+            .expect("dm");
+        assert!(!dm.sender.duplicate && !dm.sender.conflict);
+        let reused = backend
+            .store
+            .post_direct(&bob, &with_id("other"))
+            .await
+            .expect("dm");
+        assert_eq!(reused.recipient, None, "nothing stored for the recipient");
+        assert_eq!(
+            reused.sender,
+            chat_backend::Posted {
+                duplicate: true,
+                conflict: true,
+                ..dm.sender.clone()
+            }
+        );
+        let retry = backend
+            .store
+            .post_direct(&bob, &with_id("psst"))
+            .await
+            .expect("retry");
+        assert!(retry.sender.duplicate && !retry.sender.conflict);
+        for inbox in [&ann, &bob] {
+            assert_eq!(
+                backend
+                    .store
+                    .range(&StreamKey::Inbox(inbox.clone()), 0, u64::MAX, 10, 0)
+                    .await
+                    .expect("range")
+                    .len(),
+                1,
+                "{inbox}"
+            );
+        }
+
+        // Nothing of the reused ids was published: after a control post, exactly the first
+        // room post, bob's copy of the first DM and the control post have arrived, in order.
+        backend
+            .store
+            .post(&r, &draft("ann", "control"))
+            .await
+            .expect("control");
+        let mut seen = Vec::new();
+        while seen.last().map(String::as_str) != Some("control") {
+            match next_event(&mut backend.events, WAIT).await {
+                Some(BrokerEvent::Message { message, .. }) => seen.push(message.content),
+                Some(_) => {}
+                None => panic!("no control message; saw {seen:?}"),
+            }
+        }
+        assert_eq!(seen, vec!["hi", "psst", "control"]);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn expired_presence_is_reaped_exactly_once_when_a_node_stops_refreshing() {
     bounded(async {
@@ -791,7 +1116,15 @@ async fn a_retried_post_with_the_same_client_msg_id_is_stored_and_published_once
             .post(&r, &with_id("a", "c1"))
             .await
             .expect("retry");
-        assert_eq!(first, retry, "the same receipt: seq, epoch and ts");
+        assert!(!first.duplicate && !first.conflict);
+        assert_eq!(
+            retry,
+            chat_backend::Posted {
+                duplicate: true,
+                ..first.clone()
+            },
+            "the same receipt: seq, epoch and ts, flagged as a duplicate"
+        );
         let other = backend
             .store
             .post(&r, &with_id("b", "c1"))
@@ -862,7 +1195,13 @@ async fn a_retried_direct_message_is_stored_and_published_once() {
         assert!(first.recipient.is_some());
         assert_eq!(
             (retry.sender, retry.recipient),
-            (first.sender.clone(), None)
+            (
+                chat_backend::Posted {
+                    duplicate: true,
+                    ..first.sender.clone()
+                },
+                None
+            )
         );
         // The same id to someone else is a different message.
         let to_cid = backend

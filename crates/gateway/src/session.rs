@@ -627,6 +627,17 @@ impl Session {
     }
 
     async fn post(&mut self, post: PostRequest) -> Result<(), ProtocolError> {
+        /// The store answered with the receipt of an earlier post with this `clientMsgId` but
+        /// other content: the id was reused, and nothing was stored. (`on_text` adds the ref.)
+        fn id_conflict(client_msg_id: Option<&str>) -> ProtocolError {
+            ProtocolError::new(
+                ErrorCode::IdConflict,
+                format!(
+                    "clientMsgId `{}` was already used for a different message; use a new id",
+                    client_msg_id.unwrap_or_default()
+                ),
+            )
+        }
         let node = self.node.clone();
         match post.target {
             Target::Room(room) => {
@@ -638,6 +649,9 @@ impl Session {
                     client_msg_id: post.client_msg_id.clone(),
                 };
                 let posted = node.store.post(&room, &draft).await.map_err(unavailable)?;
+                if posted.conflict {
+                    return Err(id_conflict(post.client_msg_id.as_deref()));
+                }
                 tracing::debug!(%room, seq = posted.seq, "posted");
                 self.reply(&ServerFrame::Sent(Sent {
                     room_id: Some(room),
@@ -646,6 +660,7 @@ impl Session {
                     seq: posted.seq,
                     epoch: posted.epoch,
                     ts: posted.ts,
+                    duplicate: posted.duplicate,
                 }));
             }
             Target::User(to) => {
@@ -666,6 +681,9 @@ impl Session {
                     .post_direct(&to, &draft)
                     .await
                     .map_err(unavailable)?;
+                if posted.sender.conflict {
+                    return Err(id_conflict(post.client_msg_id.as_deref()));
+                }
                 self.reply(&ServerFrame::Sent(Sent {
                     room_id: None,
                     to_user_id: Some(to),
@@ -673,6 +691,7 @@ impl Session {
                     seq: posted.sender.seq,
                     epoch: posted.sender.epoch,
                     ts: posted.sender.ts,
+                    duplicate: posted.sender.duplicate,
                 }));
             }
         }

@@ -57,6 +57,97 @@ async fn login_post_and_notices_without_a_socket() {
 }
 
 #[tokio::test]
+async fn a_client_msg_id_reused_for_other_content_gets_id_conflict_and_is_stored_once() {
+    let h = Harness::new();
+    let mut a = h.connect();
+    a.send(&login("r", "ann")).await;
+    assert!(matches!(a.replies().as_slice(), [ServerFrame::Joined(_)]));
+    assert!(matches!(a.live().await, ServerFrame::Login(_)));
+
+    let post = |content: &str, id: &str| {
+        format!(r#"{{"event":"message","roomId":"r","content":"{content}","clientMsgId":"{id}"}}"#)
+    };
+    a.send(&post("hello", "c1")).await;
+    let replies = a.replies();
+    let [ServerFrame::Sent(first)] = replies.as_slice() else {
+        panic!("{replies:?}")
+    };
+    assert_eq!((first.seq, first.duplicate), (1, false));
+
+    // A pure retry: the same receipt, flagged as a duplicate.
+    a.send(&post("hello", "c1")).await;
+    let replies = a.replies();
+    let [ServerFrame::Sent(retry)] = replies.as_slice() else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(
+        (retry.seq, &retry.epoch, retry.ts, retry.duplicate),
+        (1, &first.epoch, first.ts, true)
+    );
+
+    // The same id for other content: refused, not answered with the first post's receipt.
+    a.send(&post("something else", "c1")).await;
+    let replies = a.replies();
+    let [ServerFrame::Error(e)] = replies.as_slice() else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(e.code, ErrorCode::IdConflict);
+    assert_eq!(e.reference.as_deref(), Some("c1"));
+    assert!(!e.retriable);
+    assert!(e.message.contains("`c1`"), "{}", e.message);
+
+    // Stored and delivered once: the next live message after seq 1 is the control post.
+    a.send(&post("after", "c2")).await;
+    assert!(matches!(a.replies().as_slice(), [ServerFrame::Sent(s)] if s.seq == 2 && !s.duplicate));
+    for (seq, content) in [(1, "hello"), (2, "after")] {
+        let ServerFrame::Message(m) = a.live().await else {
+            panic!("message {seq}")
+        };
+        assert_eq!((m.seq, m.content.as_str()), (seq, content));
+    }
+    let stream = chat_backend::StreamKey::Room(chat_protocol::RoomId::new("r").expect("id"));
+    let log = h
+        .node
+        .store
+        .range(&stream, 0, u64::MAX, 10, 0)
+        .await
+        .expect("range");
+    assert_eq!(
+        log.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+        vec!["hello", "after"]
+    );
+
+    // Direct messages: the same rule, per addressee.
+    let dm = |content: &str| {
+        format!(
+            r#"{{"event":"message","toUserId":"bob","content":"{content}","clientMsgId":"d1"}}"#
+        )
+    };
+    a.send(&dm("psst")).await;
+    assert!(matches!(a.replies().as_slice(), [ServerFrame::Sent(s)] if s.seq == 1 && !s.duplicate));
+    a.send(&dm("psst")).await;
+    assert!(matches!(a.replies().as_slice(), [ServerFrame::Sent(s)] if s.seq == 1 && s.duplicate));
+    a.send(&dm("other")).await;
+    let replies = a.replies();
+    assert!(
+        matches!(replies.as_slice(), [ServerFrame::Error(e)]
+            if e.code == ErrorCode::IdConflict && e.reference.as_deref() == Some("d1")),
+        "{replies:?}"
+    );
+    let bob = chat_backend::StreamKey::Inbox(chat_protocol::UserId::new("bob").expect("id"));
+    let inbox = h
+        .node
+        .store
+        .range(&bob, 0, u64::MAX, 10, 0)
+        .await
+        .expect("range");
+    assert_eq!(
+        inbox.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+        vec!["psst"]
+    );
+}
+
+#[tokio::test]
 async fn a_returning_member_gets_what_it_missed_then_live_traffic() {
     let h = Harness::new();
     let mut a = h.connect();

@@ -28,6 +28,10 @@ pub enum ErrorCode {
     UserMismatch,
     /// The connection joined too many rooms (`limits.max_rooms_per_connection`).
     TooManyRooms,
+    /// The post's `clientMsgId` was already used by this user (to this room or addressee) for a
+    /// message with different content, still in the history. Nothing was stored; sending the same
+    /// frame again cannot succeed, the post needs a new `clientMsgId`.
+    IdConflict,
     /// The backend (Redis) did not confirm the operation. Retry the same frame later, with the
     /// same `clientMsgId`: a post that timed out (rather than being refused) may still have
     /// been stored, and then shows up in the room with that `clientMsgId`.
@@ -55,6 +59,7 @@ impl ErrorCode {
             ErrorCode::NotJoined => "not_joined",
             ErrorCode::UserMismatch => "user_mismatch",
             ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::IdConflict => "id_conflict",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }

@@ -150,6 +150,10 @@ pub struct Sent {
     pub epoch: String,
     /// Server time of posting.
     pub ts: u64,
+    /// True when the post repeated an earlier one with the same `clientMsgId` (a retry): this is
+    /// the earlier post's receipt and nothing new was stored or delivered. Omitted when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub duplicate: bool,
 }
 
 /// Reply to `history`: messages in ascending seq order.
@@ -274,6 +278,7 @@ mod tests {
                 seq: 1,
                 epoch: "e".into(),
                 ts: 5,
+                duplicate: true,
             }),
             ServerFrame::History(HistoryPage {
                 room_id: RoomId::new("r1").expect("id"),
@@ -311,6 +316,37 @@ mod tests {
         assert_eq!(v["code"], "unavailable");
         assert_eq!(v["retriable"], true);
         assert!(v.get("ref").is_none());
+
+        let conflict = ServerFrame::from(
+            ProtocolError::new(ErrorCode::IdConflict, "reused").with_ref(Some("c1".into())),
+        )
+        .encode();
+        let v: serde_json::Value = serde_json::from_str(&conflict).expect("json");
+        assert_eq!(v["code"], "id_conflict");
+        assert_eq!(ErrorCode::IdConflict.as_str(), "id_conflict");
+        assert_eq!(v["retriable"], false);
+        assert_eq!(v["ref"], "c1");
+
+        let sent = |duplicate| {
+            ServerFrame::Sent(Sent {
+                room_id: Some(RoomId::new("r1").expect("id")),
+                to_user_id: None,
+                client_msg_id: Some("c1".into()),
+                seq: 4,
+                epoch: "e".into(),
+                ts: 5,
+                duplicate,
+            })
+            .encode()
+        };
+        let v: serde_json::Value = serde_json::from_str(&sent(true)).expect("json");
+        assert_eq!(v["duplicate"], true);
+        let fresh = sent(false);
+        assert!(!fresh.contains("duplicate"), "omitted when false: {fresh}");
+        assert!(
+            matches!(ServerFrame::decode(&fresh), Ok(ServerFrame::Sent(s)) if !s.duplicate),
+            "absent reads as false"
+        );
 
         let logout = ServerFrame::Logout(PresenceNotice {
             room_id: RoomId::new("1").expect("id"),

@@ -108,6 +108,15 @@ impl Keys {
         }
     }
 
+    /// The post ids ZSET tied to a stream's seqs: a room's `ids`, or for an inbox the ids of the
+    /// direct messages its owner sent (their seqs are in the owner's own inbox).
+    pub(crate) fn ids(&self, stream: &StreamKey) -> String {
+        match stream {
+            StreamKey::Room(room) => self.room_ids(room),
+            StreamKey::Inbox(user) => self.inbox_ids(user),
+        }
+    }
+
     /// The pub/sub channel of a stream: `{prefix}room:{r}` or `{prefix}user:{u}`.
     pub(crate) fn channel(&self, stream: &StreamKey) -> String {
         match stream {

@@ -139,11 +139,14 @@ fn parse_cursor(what: &str, value: Value) -> Result<Option<Position>> {
         .ok_or_else(|| BackendError::Corrupt(format!("{what}: cursor {text:?} is not a position")))
 }
 
+/// A new post's receipt from script reply items (callers set the retry flags).
 fn posted(what: &str, seq: &Value, epoch: Value, ts: &Value) -> Result<Posted> {
     Ok(Posted {
         seq: reply::uint(what, seq)?,
         epoch: reply::epoch(what, epoch)?,
         ts: reply::uint(what, ts)?,
+        duplicate: false,
+        conflict: false,
     })
 }
 
@@ -190,6 +193,9 @@ impl Store for RedisStore {
             .arg(self.presence_ttl_ms)
             .arg(Keys::cursor_field(&stream))
             .arg(self.cursor_ttl_secs);
+        // Last, whatever comes before: emptied if this join creates the log's epoch.
+        inv.key(self.keys.room_log(req.room))
+            .key(self.keys.room_ids(req.room));
         let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
         let room_name = reply::string(W, next(W, &mut it)?)?;
         let epoch = reply::epoch(W, next(W, &mut it)?)?;
@@ -370,7 +376,11 @@ impl Store for RedisStore {
         let seq = next(W, &mut it)?;
         let epoch = next(W, &mut it)?;
         let ts = next(W, &mut it)?;
-        posted(W, &seq, epoch, &ts)
+        Ok(Posted {
+            duplicate: flag(W, &next(W, &mut it)?)?,
+            conflict: flag(W, &next(W, &mut it)?)?,
+            ..posted(W, &seq, epoch, &ts)?
+        })
     }
 
     async fn post_direct(&self, to: &UserId, draft: &Draft) -> Result<DirectPosted> {
@@ -388,6 +398,7 @@ impl Store for RedisStore {
             .key(self.keys.inbox_meta(from))
             .key(self.keys.inbox_log(from))
             .key(self.keys.inbox_ids(from))
+            .key(self.keys.inbox_ids(to))
             .arg(new_epoch())
             .arg(new_epoch())
             .arg(body)
@@ -400,6 +411,7 @@ impl Store for RedisStore {
         let (rseq, repoch) = (next(W, &mut it)?, next(W, &mut it)?);
         let (sseq, sepoch) = (next(W, &mut it)?, next(W, &mut it)?);
         let ts = next(W, &mut it)?;
+        let conflict = flag(W, &next(W, &mut it)?)?;
         let retry = reply::int(W, &rseq)? == 0;
         Ok(DirectPosted {
             recipient: if retry {
@@ -407,14 +419,21 @@ impl Store for RedisStore {
             } else {
                 Some(posted(W, &rseq, repoch, &ts)?)
             },
-            sender: posted(W, &sseq, sepoch, &ts)?,
+            sender: Posted {
+                duplicate: retry,
+                conflict,
+                ..posted(W, &sseq, sepoch, &ts)?
+            },
         })
     }
 
     async fn head(&self, stream: &StreamKey) -> Result<Head> {
         const W: &str = "head";
         let mut inv = self.scripts.head.prepare_invoke();
-        inv.key(self.keys.meta(stream)).arg(new_epoch());
+        inv.key(self.keys.meta(stream))
+            .key(self.keys.log(stream))
+            .key(self.keys.ids(stream))
+            .arg(new_epoch());
         if let StreamKey::Room(room) = stream {
             // Like the in-memory backend, a room exists (and is listed) from its first use.
             inv.key(self.keys.rooms()).arg(room.as_str());
@@ -437,19 +456,29 @@ impl Store for RedisStore {
         if max == 0 || through <= after {
             return Ok(Vec::new());
         }
-        // Newest `max` of the window, read newest first and turned around.
-        let mut cmd = redis::cmd("ZREVRANGEBYSCORE");
-        cmd.arg(self.keys.log(stream))
+        // Newest `max` of the window, read newest first and turned around, with the log's epoch
+        // read in the same MULTI: a log holds one epoch, and anything else is left out.
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hget(self.keys.meta(stream), "epoch")
+            .cmd("ZREVRANGEBYSCORE")
+            .arg(self.keys.log(stream))
             .arg(score(through))
             .arg(format!("({}", score(after)))
             .arg("LIMIT")
             .arg(0)
             .arg(i64::try_from(max).unwrap_or(i64::MAX));
-        let mut members = array(W, self.redis.query(W, &cmd).await?)?;
+        let mut it = self.redis.pipeline(W, &pipe).await?.into_iter();
+        let epoch = match next(W, &mut it)? {
+            // No epoch: the log is lost and starts again at its next use.
+            Value::Nil => return Ok(Vec::new()),
+            value => reply::epoch(W, value)?,
+        };
+        let mut members = array(W, next(W, &mut it)?)?;
         members.reverse();
         Ok(decode_log(W, members)
             .into_iter()
-            .filter(|m| m.seq > after && m.seq <= through && m.ts >= min_ts)
+            .filter(|m| m.seq > after && m.seq <= through && m.ts >= min_ts && m.epoch == epoch)
             .collect())
     }
 
@@ -485,7 +514,7 @@ impl Store for RedisStore {
         members.reverse();
         let messages = decode_log(W, members)
             .into_iter()
-            .filter(|m| through.is_none_or(|t| m.seq <= t))
+            .filter(|m| through.is_none_or(|t| m.seq <= t) && m.epoch == epoch)
             .collect();
         Ok((epoch, messages))
     }

@@ -28,6 +28,21 @@ local function check_type(key, want)
   end
 end
 
+-- A stored seq counter `append` can take the next seq from: exactly what HINCRBY accepts (decimal
+-- digits, no leading zero except "0" itself, a signed 64-bit integer with room for +1), and
+-- further below 2^53, so that the next seq is still exact as a Lua number (a double) and as a ZSET
+-- score. Anything else would make HINCRBY fail, or return a seq other than the one it stored,
+-- after the script may already have written something.
+local function valid_seq(seq)
+  if type(seq) ~= 'string' or not string.match(seq, '^%d+$') then
+    return false
+  end
+  if #seq > 1 and string.sub(seq, 1, 1) == '0' then
+    return false
+  end
+  return #seq <= 16 and tonumber(seq) < 9007199254740992
+end
+
 local function valid_epoch(epoch)
   return type(epoch) == 'string' and #epoch <= 64 and string.match(epoch, '^[%w_%-]+$') ~= nil
 end
@@ -52,8 +67,8 @@ local function check_log(meta, log)
     check_type(log, 'zset')
   end
   local seq = redis.call('HGET', meta, 'seq')
-  if seq and not string.match(seq, '^%d+$') then
-    corrupt('the seq in ' .. meta .. ' is not a number')
+  if seq and not valid_seq(seq) then
+    corrupt('the seq in ' .. meta .. ' is not a usable number')
   end
   local epoch = redis.call('HGET', meta, 'epoch')
   if epoch and not valid_epoch(epoch) then
@@ -64,8 +79,20 @@ end
 -- The log's epoch, created from `candidate` when the log has none yet (first post, first head,
 -- first join, or after the data was lost). The stored value is spliced raw into message JSON,
 -- so anything but a plain id is refused rather than trusted.
-local function ensure_epoch(meta, candidate)
-  redis.call('HSETNX', meta, 'epoch', candidate)
+--
+-- A log holds one epoch. When this call creates the epoch, whatever `log` (the log ZSET) and
+-- `ids` (the post ids ZSET tied to the log's seqs) still hold belongs to a lost one: a deleted
+-- meta key leaves them behind. So a new epoch starts a clean log: both are deleted and `seq`
+-- restarts, or the new seqs 1, 2, ... would interleave with the old ones, trimming by rank would
+-- evict the new epoch's messages first, and an old clientMsgId would return an old receipt.
+local function ensure_epoch(meta, candidate, log, ids)
+  if not valid_epoch(candidate) then
+    corrupt('the epoch candidate is not a plain id')
+  end
+  if redis.call('HSETNX', meta, 'epoch', candidate) == 1 then
+    redis.call('DEL', log, ids)
+    redis.call('HDEL', meta, 'seq')
+  end
   local epoch = redis.call('HGET', meta, 'epoch')
   if not valid_epoch(epoch) then
     corrupt('the epoch in ' .. meta .. ' is not a plain id')
@@ -73,14 +100,25 @@ local function ensure_epoch(meta, candidate)
   return epoch
 end
 
--- Appends one message to a log (room or inbox): next seq, stored frame, trim. `body` is the
--- message's wire JSON object without event/seq/epoch/ts; the frame is spliced in front of it so
--- the stored member is byte for byte the frame clients receive.
-local function append(meta, log, candidate, body, ts, cap)
+-- Everything `append` (below) can fail on, checked before a script's first write: the log's meta
+-- and ZSET, its post ids ZSET, the epoch candidate and the message body.
+local function check_append(meta, log, ids, candidate, body)
+  check_log(meta, log)
+  check_type(ids, 'zset')
+  if not valid_epoch(candidate) then
+    corrupt('the epoch candidate is not a plain id')
+  end
   if string.sub(body, 1, 1) ~= '{' then
     corrupt('message body is not a JSON object')
   end
-  local epoch = ensure_epoch(meta, candidate)
+end
+
+-- Appends one message to a log (room or inbox): next seq, stored frame, trim. `body` is the
+-- message's wire JSON object without event/seq/epoch/ts; the frame is spliced in front of it so
+-- the stored member is byte for byte the frame clients receive. `ids` is the post ids ZSET tied
+-- to this log's seqs (see ensure_epoch). Call check_append first: then this cannot fail.
+local function append(meta, log, ids, candidate, body, ts, cap)
+  local epoch = ensure_epoch(meta, candidate, log, ids)
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local frame = '{"event":"message","seq":' .. int(seq) .. ',"epoch":"' .. epoch ..
     '","ts":' .. int(ts) .. ',' .. string.sub(body, 2)
@@ -96,8 +134,10 @@ end
 
 -- Retried posts: `ids` maps `author-side id` -> seq in `log` (meta/log of the log the author's
 -- copy lives in). Returns seq, epoch, ts of the earlier post with this id while it is still in
--- the log, or nil.
-local function earlier_post(ids, meta, log, id)
+-- the log, and a conflict flag: 1 when the earlier post's content differs from the content of
+-- `body` (this post's body JSON), i.e. the id was reused for a different message, else 0. Returns
+-- nil when there is no such earlier post.
+local function earlier_post(ids, meta, log, id, body)
   if id == '' then
     return nil
   end
@@ -105,10 +145,21 @@ local function earlier_post(ids, meta, log, id)
   if not earlier then
     return nil
   end
+  -- Without an epoch the log is about to start again (ensure_epoch): nothing in it counts.
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    return nil
+  end
   local entry = redis.call('ZRANGEBYSCORE', log, earlier, earlier)[1]
   local ok, decoded = pcall(cjson.decode, entry or '')
-  if ok and type(decoded) == 'table' and tonumber(decoded.ts) then
-    return tonumber(earlier), redis.call('HGET', meta, 'epoch'), tonumber(decoded.ts)
+  if ok and type(decoded) == 'table' and tonumber(decoded.ts) and decoded.epoch == epoch then
+    local draft_ok, draft = pcall(cjson.decode, body)
+    local conflict = 1
+    if draft_ok and type(draft) == 'table' and type(draft.content) == 'string'
+        and draft.content == decoded.content then
+      conflict = 0
+    end
+    return tonumber(earlier), epoch, tonumber(decoded.ts), conflict
   end
   return nil
 end

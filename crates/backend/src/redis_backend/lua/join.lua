@@ -40,7 +40,8 @@ elseif not name then
   redis.call('HSET', KEYS[1], 'name', name)
 end
 
-local epoch = ensure_epoch(KEYS[1], ARGV[5])
+-- The last two KEYS are the room log ZSET and its post ids ZSET: emptied if this creates the epoch.
+local epoch = ensure_epoch(KEYS[1], ARGV[5], KEYS[#KEYS - 1], KEYS[#KEYS])
 local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
 
 -- Expired per-node entries carry no notice of their own (the `online` entry does), so they can go.

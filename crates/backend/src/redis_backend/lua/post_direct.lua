@@ -2,30 +2,36 @@
 -- sender's inbox; publish each copy on its owner's channel. One script, so both copies share one
 -- ts and either both exist or neither does. Idempotent per (sender, recipient, clientMsgId).
 -- KEYS[1] recipient inbox meta, KEYS[2] recipient inbox log, KEYS[3] sender meta, KEYS[4] sender
--- log, KEYS[5] sender's post ids ZSET (for a message to oneself KEYS[3..4] repeat KEYS[1..2])
+-- log, KEYS[5] sender's post ids ZSET, KEYS[6] recipient's post ids ZSET (for a message to
+-- oneself KEYS[3..4] repeat KEYS[1..2] and KEYS[6] repeats KEYS[5])
 -- ARGV[1] recipient epoch candidate, ARGV[2] sender epoch candidate, ARGV[3] body JSON,
 -- ARGV[4] log cap, ARGV[5] recipient channel, ARGV[6] sender channel, ARGV[7] `to|clientMsgId`
 -- or '', ARGV[8] '1' when sender and recipient are the same user
--- Returns {recipient seq, recipient epoch, sender seq, sender epoch, ts} for a new message, or
--- {0, '', sender seq, sender epoch, ts} of the earlier one for a retry (nothing stored or sent).
-check_log(KEYS[1], KEYS[2])
-check_log(KEYS[3], KEYS[4])
-check_type(KEYS[5], 'zset')
+-- Returns {recipient seq, recipient epoch, sender seq, sender epoch, ts, 0} for a new message, or
+-- {0, '', sender seq, sender epoch, ts, conflict} of the earlier one for a retry (nothing stored
+-- or sent); conflict is 1 when the earlier message's content differs (the id was reused).
+--
+-- Redis does not undo earlier writes when a later command fails, so the order is: every check
+-- (both inboxes, both ids ZSETs, both candidates, the body), then the writes, then the PUBLISHes.
+-- Once the first write is done nothing can fail, so no copy is ever stored or published alone.
+check_append(KEYS[1], KEYS[2], KEYS[6], ARGV[1], ARGV[3])
+check_append(KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3])
 local cap = tonumber(ARGV[4])
 local id = ARGV[7]
 local to_self = ARGV[8] == '1'
-local eseq, eepoch, ets = earlier_post(KEYS[5], KEYS[3], KEYS[4], id)
+local eseq, eepoch, ets, conflict = earlier_post(KEYS[5], KEYS[3], KEYS[4], id, ARGV[3])
 if eseq then
-  return {0, '', eseq, eepoch, ets}
+  return {0, '', eseq, eepoch, ets, conflict}
 end
 local ts = now_ms()
-local rseq, repoch, rframe = append(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ts, cap)
-redis.call('PUBLISH', ARGV[5], rframe)
-local sseq, sepoch = rseq, repoch
+local rseq, repoch, rframe = append(KEYS[1], KEYS[2], KEYS[6], ARGV[1], ARGV[3], ts, cap)
+local sseq, sepoch, sframe = rseq, repoch, nil
 if not to_self then
-  local sframe
-  sseq, sepoch, sframe = append(KEYS[3], KEYS[4], ARGV[2], ARGV[3], ts, cap)
-  redis.call('PUBLISH', ARGV[6], sframe)
+  sseq, sepoch, sframe = append(KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3], ts, cap)
 end
 remember_post(KEYS[5], id, sseq, cap)
-return {rseq, repoch, sseq, sepoch, ts}
+redis.call('PUBLISH', ARGV[5], rframe)
+if sframe then
+  redis.call('PUBLISH', ARGV[6], sframe)
+end
+return {rseq, repoch, sseq, sepoch, ts, 0}
