@@ -89,7 +89,7 @@ async function send(page, text) {
 
 /** The texts of confirmed messages (with a seq) in the open conversation, in order. */
 function bubbles(page) {
-  return page.locator('#messages .msg[data-seq] .bubble').allTextContents();
+  return page.locator('#messages .msg[data-seq] .bubble .text').allTextContents();
 }
 
 async function waitText(page, selector, text) {
@@ -120,11 +120,11 @@ test('two people chat in a room and see the counts change; HTML stays text', asy
   await waitText(pb, '#online-count', '2 online');
 
   await send(pa, 'Hi Bob!');
-  await waitText(pb, '#messages .msg[data-seq] .bubble', 'Hi Bob!');
+  await waitText(pb, '#messages .msg[data-seq] .bubble .text', 'Hi Bob!');
   await send(pb, 'Hello Alice 你好');
-  await waitText(pa, '#messages .msg[data-seq] .bubble', 'Hello Alice 你好');
+  await waitText(pa, '#messages .msg[data-seq] .bubble .text', 'Hello Alice 你好');
   // Own messages on the right, others with their names.
-  assert.equal(await pa.locator('#messages .msg.own[data-seq] .bubble').first().textContent(), 'Hi Bob!');
+  assert.equal(await pa.locator('#messages .msg.own[data-seq] .bubble .text').first().textContent(), 'Hi Bob!');
   const bobsInA = pa.locator('#messages .msg:not(.own)[data-seq]').first();
   assert.equal(await bobsInA.locator('.author').textContent(), 'Bob');
   assert.match(await bobsInA.locator('time').textContent(), /\d/);
@@ -132,9 +132,9 @@ test('two people chat in a room and see the counts change; HTML stays text', asy
   // A message made of markup is shown as the characters typed.
   const evil = '<img src=x onerror=alert(1)>';
   await send(pb, evil);
-  await waitText(pa, '#messages .msg[data-seq] .bubble', evil);
+  await waitText(pa, '#messages .msg[data-seq] .bubble .text', evil);
   assert.equal(await pa.locator('#messages img').count(), 0, 'no element was created from the message');
-  const last = await pa.locator('#messages .msg[data-seq] .bubble').last().textContent();
+  const last = await pa.locator('#messages .msg[data-seq] .bubble .text').last().textContent();
   assert.equal(last, evil);
 
   // An empty message is refused with a warning, and nothing is sent.
@@ -160,6 +160,17 @@ test('two people chat in a room and see the counts change; HTML stays text', asy
   await waitText(pb2, '#dm-list .card', 'Alice');
   await waitText(pb2, '#dm-list .badge', '1');
   await waitText(pb2, '#room-list .card[data-room="lobby"]', 'Lobby');
+
+  // Leaving for good (Leave, then confirm in the toast): Bob sees it, and the room is gone.
+  await pb2.locator('#room-list .card[data-room="lobby"]').click();
+  await pa.locator('#room-list .card[data-room="lobby"]').click();
+  await waitText(pa, '#online-count', '2 online');
+  await pa.locator('#leave').click();
+  await pa.locator('#toasts .toast button').click();
+  await waitText(pb2, '#messages .sys', 'Alice left');
+  await waitText(pb2, '#online-count', '1 online · 1 member');
+  await pa.locator('#room-list .card[data-room="lobby"]').waitFor({ state: 'detached' });
+  await pa.locator('#suggested-list .card[data-room="lobby"]').waitFor();
   noErrors(pa);
   noErrors(pb2);
   await alice.close();
@@ -175,20 +186,20 @@ test('someone closes the page, messages arrive, they come back and see them unde
   const pd = await openChat(dave, gateway.url, 'Dave');
   await enterRoom(pd, 'games');
   await send(pd, 'seen before leaving');
-  await waitText(pc, '#messages .msg[data-seq] .bubble', 'seen before leaving');
+  await waitText(pc, '#messages .msg[data-seq] .bubble .text', 'seen before leaving');
   await pc.close();
   await waitText(pd, '#messages .sys', 'Carol went offline');
 
   const missed = ['while you were away 1', 'while you were away 2', 'while you were away 3'];
   for (const text of missed) await send(pd, text);
-  await waitText(pd, '#messages .msg.own[data-seq] .bubble', missed[2]);
+  await waitText(pd, '#messages .msg.own[data-seq] .bubble .text', missed[2]);
   assert.deepEqual(await bubbles(pd), ['seen before leaving', ...missed]);
 
   const pc2 = await openChat(carol, gateway.url, null); // same browser profile: remembered name and cursors
   await pc2.locator('#room-list .card[data-room="games"]').click();
   await waitText(pc2, '#messages .divider-new', 'New since you left');
   await pc2.waitForFunction((n) => document.querySelectorAll('#messages .msg[data-seq]').length >= n, missed.length + 1);
-  const order = await pc2.evaluate(() => [...document.querySelectorAll('#messages .msg[data-seq] .bubble, #messages .divider-new')].map((n) => (n.classList.contains('divider-new') ? '--divider--' : n.textContent)));
+  const order = await pc2.evaluate(() => [...document.querySelectorAll('#messages .msg[data-seq] .bubble .text, #messages .divider-new')].map((n) => (n.classList.contains('divider-new') ? '--divider--' : n.textContent)));
   assert.deepEqual(order, ['seen before leaving', '--divider--', ...missed], 'history above the divider, missed messages below it, each once');
   await pc2.screenshot({ path: path.join(ARTIFACTS, 'desktop-divider.png') });
   noErrors(pc2);
@@ -209,7 +220,7 @@ test('the gateway restarts: the page reconnects by itself and resumes with no ga
   frank.connect();
   await frank.join('music');
   frank.send('music', 'before the restart');
-  await waitText(page, '#messages .msg[data-seq] .bubble', 'before the restart');
+  await waitText(page, '#messages .msg[data-seq] .bubble .text', 'before the restart');
   await waitStatus(page, 'connected');
 
   gw1.kill9();
@@ -218,13 +229,14 @@ test('the gateway restarts: the page reconnects by itself and resumes with no ga
   // Typed while disconnected: pending until the server confirms it.
   await send(page, 'typed during the outage');
   await page.locator('#messages .msg.pending').waitFor();
+  await page.screenshot({ path: path.join(ARTIFACTS, 'desktop-reconnecting.png') });
   for (const text of ['during the outage 1', 'during the outage 2']) frank.send('music', text);
   await waitFor(() => frank.got.filter((m) => m.content.startsWith('during')).length === 2, { what: 'frank posted' });
   await gw1.restart();
 
   await waitStatus(page, 'connected');
-  await waitText(page, '#messages .msg[data-seq] .bubble', 'during the outage 2');
-  await waitText(page, '#messages .msg.own[data-seq] .bubble', 'typed during the outage');
+  await waitText(page, '#messages .msg[data-seq] .bubble .text', 'during the outage 2');
+  await waitText(page, '#messages .msg.own[data-seq] .bubble .text', 'typed during the outage');
   await page.waitForFunction(() => document.querySelectorAll('#messages .msg.pending').length === 0);
   const seqs = await page.evaluate(() => [...document.querySelectorAll('#messages .msg[data-seq]')].map((n) => Number(n.dataset.seq)));
   assert.deepEqual(seqs, [1, 2, 3, 4], 'every message once, in order, no gap');
@@ -256,14 +268,14 @@ test('a cluster behind nginx: a gateway is killed and the page carries on throug
   henry.connect();
   await henry.join('tech');
   henry.send('tech', 'hello from the other node');
-  await waitText(page, '#messages .msg[data-seq] .bubble', 'hello from the other node');
+  await waitText(page, '#messages .msg[data-seq] .bubble .text', 'hello from the other node');
 
   victim.kill9();
   await page.waitForFunction(() => document.querySelector('#status').dataset.status !== 'connected');
   for (const text of ['after the crash 1', 'after the crash 2']) henry.send('tech', text);
   await waitStatus(page, 'connected');
   await waitFor(async () => (await survivor.connections()) === 2, { what: 'the page on the surviving gateway' });
-  await waitText(page, '#messages .msg[data-seq] .bubble', 'after the crash 2');
+  await waitText(page, '#messages .msg[data-seq] .bubble .text', 'after the crash 2');
   await send(page, 'still here');
   await waitFor(() => henry.got.some((m) => m.content === 'still here'), { what: 'henry got the reply' });
   await page.waitForFunction(() => document.querySelectorAll('#messages .msg.pending').length === 0);
@@ -271,6 +283,51 @@ test('a cluster behind nginx: a gateway is killed and the page carries on throug
   assert.deepEqual(texts, ['hello from the other node', 'after the crash 1', 'after the crash 2', 'still here']);
   noErrors(page);
   henry.close();
+  await context.close();
+});
+
+test('history loads while scrolling up; a "new messages" pill appears when scrolled up', async () => {
+  const gateway = await startGateway({ label: 'e2e-scroll' });
+  const mia = await nodeUser(gateway, 'mia');
+  mia.join('tech');
+  mia.connect();
+  await mia.join('tech');
+  const total = 75;
+  for (let i = 1; i <= total; i++) mia.send('tech', `line ${i}`);
+  await waitFor(() => mia.got.length === total, { what: 'seeded history' });
+
+  const context = await newContext();
+  const page = await openChat(context, gateway.url, 'Nick');
+  await enterRoom(page, 'tech');
+  await waitText(page, '#messages .msg[data-seq] .bubble .text', `line ${total}`);
+  const seqs = () => page.evaluate(() => [...document.querySelectorAll('#messages .msg[data-seq]')].map((n) => Number(n.dataset.seq)));
+  const first = await seqs();
+  assert.ok(first.length < total, `one page first (${first.length})`);
+  // Scrolling to the top loads earlier pages until the beginning of the room.
+  await waitFor(async () => {
+    await page.evaluate(() => { document.querySelector('#messages').scrollTop = 0; document.querySelector('#messages').dispatchEvent(new Event('scroll')); });
+    return (await seqs()).length === total;
+  }, { what: 'all history loaded by scrolling', interval: 300 });
+  assert.deepEqual(await seqs(), Array.from({ length: total }, (_, i) => i + 1));
+  await waitText(page, '#messages .top-note', 'beginning of');
+
+  // Scrolled up: a new message does not move the view; a pill offers to jump down.
+  const top = await page.evaluate(() => document.querySelector('#messages').scrollTop);
+  assert.equal(await page.locator('#new-pill').isVisible(), false);
+  mia.send('tech', 'fresh one');
+  await waitText(page, '#messages .msg[data-seq] .bubble .text', 'fresh one');
+  await page.locator('#new-pill').waitFor({ state: 'visible' });
+  assert.equal(await page.evaluate(() => document.querySelector('#messages').scrollTop), top, 'the view stayed where the reader is');
+  await page.locator('#new-pill').click();
+  await page.locator('#new-pill').waitFor({ state: 'hidden' });
+  await page.waitForFunction(() => { const b = document.querySelector('#messages'); return b.scrollHeight - b.scrollTop - b.clientHeight < 48; });
+  // At the bottom, new messages scroll into view by themselves.
+  mia.send('tech', 'and another');
+  await waitText(page, '#messages .msg[data-seq] .bubble .text', 'and another');
+  await page.waitForFunction(() => { const b = document.querySelector('#messages'); return b.scrollHeight - b.scrollTop - b.clientHeight < 48; });
+  assert.equal(await page.locator('#new-pill').isVisible(), false);
+  noErrors(page);
+  mia.close();
   await context.close();
 });
 
@@ -291,11 +348,11 @@ test('screenshots: phone and desktop, English and Chinese', async () => {
   const desk = await newContext(DESKTOP);
   const pd = await openChat(desk, gateway.url, 'Judy');
   await enterRoom(pd, 'lobby');
-  await waitText(pd, '#messages .msg[data-seq] .bubble', lines[2]);
+  await waitText(pd, '#messages .msg[data-seq] .bubble .text', lines[2]);
   await send(pd, 'Nice. Loading history on scroll works too.');
   await pd.waitForFunction(() => document.querySelectorAll('#messages .msg.pending').length === 0);
   ivan.send('lobby', 'See you at standup');
-  await waitText(pd, '#messages .msg[data-seq] .bubble', 'See you at standup');
+  await waitText(pd, '#messages .msg[data-seq] .bubble .text', 'See you at standup');
   // A second room with unread messages, for the badge.
   const games = await nodeUser(gateway, 'kate');
   games.join('games', { roomName: 'Games' });
@@ -314,7 +371,7 @@ test('screenshots: phone and desktop, English and Chinese', async () => {
   const pp = await openChat(phone, gateway.url, 'Leo');
   await pp.screenshot({ path: path.join(ARTIFACTS, 'phone-rooms.png') });
   await enterRoom(pp, 'lobby');
-  await waitText(pp, '#messages .msg[data-seq] .bubble', 'See you at standup');
+  await waitText(pp, '#messages .msg[data-seq] .bubble .text', 'See you at standup');
   await send(pp, 'On my phone 📱');
   await pp.waitForFunction(() => document.querySelectorAll('#messages .msg.pending').length === 0);
   await pp.screenshot({ path: path.join(ARTIFACTS, 'phone-chat.png') });

@@ -554,16 +554,16 @@ function addSystem(conv, text) {
 
 function messageNode(conv, m) {
   const own = String(m.userId) === state.me.userId;
-  const meta = el('div', { class: 'meta' }, el('time', { datetime: new Date(m.ts || Date.now()).toISOString(), title: new Date(m.ts || Date.now()).toLocaleString() }, formatTime(m.ts || Date.now())));
+  const ts = m.ts || Date.now();
+  const meta = el('span', { class: 'meta' }, el('time', { datetime: new Date(ts).toISOString(), title: new Date(ts).toLocaleString() }, formatTime(ts)));
   const node = el('div', {
     class: `msg${own ? ' own' : ''}`,
-    dataset: { user: String(m.userId), ts: String(m.ts || Date.now()) },
+    dataset: { user: String(m.userId), ts: String(ts) },
   },
   avatar(String(m.userId), m.userName),
   el('div', { class: 'bubble-wrap' },
     el('div', { class: 'author' }, m.userName || String(m.userId)),
-    el('div', { class: 'bubble' }, m.content),
-    meta));
+    el('div', { class: 'bubble' }, el('span', { class: 'text' }, m.content), meta)));
   if (m.seq != null) node.dataset.seq = String(m.seq);
   return node;
 }

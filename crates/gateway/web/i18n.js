@@ -25,6 +25,7 @@ const STRINGS = {
     'rooms.suggested': 'Suggested',
     'rooms.online': '{n} online',
     'rooms.members': '{n} members',
+    'rooms.members.one': '{n} member',
     'rooms.join': 'Join',
     'rooms.joinPlaceholder': 'Room name',
     'rooms.joinButton': 'Join or create',
@@ -173,6 +174,8 @@ export function setLanguage(lang) {
 
 /** The text for `key`, with `{name}` placeholders filled from `params` (as plain text). */
 export function t(key, params = {}) {
-  const template = STRINGS[current][key] ?? STRINGS.en[key] ?? key;
+  // English needs a singular form for counts of one; Chinese does not, so it has no `.one` keys.
+  const singular = params.n === 1 && STRINGS[current][`${key}.one`];
+  const template = singular || (STRINGS[current][key] ?? STRINGS.en[key] ?? key);
   return template.replace(/\{(\w+)\}/g, (_, name) => (name in params ? String(params[name]) : `{${name}}`));
 }
