@@ -53,10 +53,29 @@ function fnv32(text) {
 export function idFor(name) {
   const trimmed = name.trim();
   const slug = trimmed.toLowerCase().replace(/\s+/g, '-');
-  if (/^[a-z0-9_.:-]{1,48}$/.test(slug)) return slug;
-  let hex = [...new TextEncoder().encode(trimmed)].map((b) => b.toString(16).padStart(2, '0')).join('');
-  if (hex.length > 56) hex = hex.slice(0, 48) + fnv32(trimmed).toString(16).padStart(8, '0');
-  return `x-${hex}`;
+  // (Slugs that look like the encodings below are encoded too, so no name can pose as another.)
+  if (/^[a-z0-9_.:-]{1,48}$/.test(slug) && !/^[xh]-/.test(slug)) return slug;
+  const hex = [...new TextEncoder().encode(trimmed)].map((b) => b.toString(16).padStart(2, '0')).join('');
+  // Up to 31 bytes (10 CJK characters) the id is the name itself, hex-encoded, so anyone can read
+  // the name back from the id (see nameFromId); longer names are cut and get a hash (`h-`).
+  if (hex.length <= 62) return `x-${hex}`;
+  return `h-${hex.slice(0, 48)}${fnv32(trimmed).toString(16).padStart(8, '0')}`;
+}
+
+/** The display name an id stands for when nothing better is known: "x-e5b08f…" → "小…". */
+function nameFromId(id) {
+  const m = /^x-((?:[0-9a-f]{2})+)$/.exec(id);
+  if (!m) return id;
+  try {
+    const bytes = new Uint8Array(m[1].match(/../g).map((h) => parseInt(h, 16)));
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch (_) {
+    return id;
+  }
+}
+
+function nameOf(userId) {
+  return state.names.get(userId) || nameFromId(userId);
 }
 
 function validName(name) {
@@ -184,7 +203,7 @@ function dmConv(peer, name) {
   const key = `d:${peer}`;
   let conv = state.convs.get(key);
   if (!conv) {
-    conv = newConv('dm', peer, name || state.names.get(peer) || peer);
+    conv = newConv('dm', peer, name || nameOf(peer));
     state.convs.set(key, conv);
     const stored = load(userKey(`dm:${peer}`), []);
     for (const m of Array.isArray(stored) ? stored : []) renderMessage(conv, m, { restoring: true });
@@ -470,7 +489,7 @@ function onJoined(j) {
 function onMessage({ message, direct, own, peer }) {
   let conv;
   if (direct) {
-    const name = own ? (state.names.get(peer) || peer) : message.userName;
+    const name = own ? nameOf(peer) : message.userName;
     conv = dmConv(peer, own ? null : name);
     rememberDm(conv, message);
   } else {
@@ -789,7 +808,7 @@ async function renderMembers() {
   const online = [...conv.online];
   const others = members.filter((id) => !conv.online.has(id));
   const row = (id, isOnline) => {
-    const name = state.names.get(id) || id;
+    const name = nameOf(id);
     const self = id === state.me.userId;
     return el('li', { class: `member${isOnline ? ' online' : ' offline'}`, dataset: { user: id } },
       avatar(id, name, `small${isOnline ? ' online' : ''}`),
