@@ -328,6 +328,27 @@ describe('with a scripted socket', () => {
     c.close();
   });
 
+  test('leaving while disconnected still reaches the server after the reconnect', async () => {
+    const S = fakeSocketClass();
+    const c = fakeClient(S, { backoffBaseMs: 10, backoffMaxMs: 20 });
+    c.join('r');
+    c.connect();
+    await waitFor(() => S.instances[0] && S.instances[0].onopen);
+    S.instances[0].open();
+    S.instances[0].deliver(joinedFrame(0));
+    S.instances[0].drop(1006);
+    c.leave('r');
+    assert.equal(c.room('r'), null);
+    await waitFor(() => S.instances.length === 2 && S.instances[1].onopen, { what: 'reconnect' });
+    const s = S.instances[1];
+    s.open();
+    assert.deepEqual(s.sent.map((f) => f.event), ['login'], 'a login first: logout needs a joined room');
+    s.deliver(joinedFrame(0));
+    assert.deepEqual(s.sent.map((f) => f.event), ['login', 'logout']);
+    assert.equal(c.log.filter((e) => e.type === 'joined').length, 1, 'that join is not reported');
+    c.close();
+  });
+
   test('heartbeat: a connection that stops answering is replaced', async () => {
     const S = fakeSocketClass();
     const c = fakeClient(S, { heartbeatIntervalMs: 300, heartbeatTimeoutMs: 300, backoffBaseMs: 10, backoffMaxMs: 20 });

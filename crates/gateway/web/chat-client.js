@@ -128,6 +128,8 @@ export class ChatClient {
     this.timers = { reconnect: null, heartbeat: null, ack: null, retry: null, connect: null };
     this.lastFrameAt = 0;
     this.pingSentAt = 0;
+    /** Rooms left while disconnected: the `logout` still has to reach the server. */
+    this.leaving = new Set();
     this.historyWaiters = new Map();
     this.joinWaiters = new Map();
     this.started = false;
@@ -260,6 +262,8 @@ export class ChatClient {
         room.joined = false;
         this.sendLogin(room);
       }
+      // A logout is only accepted for a room the connection is in: log in, and log out on `joined`.
+      for (const roomId of this.leaving) this.sendLogin({ roomId });
       if (this.rooms.size === 0) this.resendPending();
     };
     ws.onmessage = (event) => {
@@ -376,6 +380,7 @@ export class ChatClient {
   join(roomId, { roomName } = {}) {
     roomId = String(roomId);
     if (!ID_PATTERN.test(roomId)) return Promise.reject(new TypeError(`invalid room id: ${roomId}`));
+    this.leaving.delete(roomId);
     let room = this.rooms.get(roomId);
     if (!room) {
       const stored = this.storedCursor(roomId);
@@ -415,7 +420,7 @@ export class ChatClient {
     const room = this.rooms.get(roomId);
     if (!room) return;
     this.flushAcks();
-    this.sendFrame({ event: 'logout', roomId });
+    if (!room.joined || !this.sendFrame({ event: 'logout', roomId })) this.leaving.add(roomId);
     this.rooms.delete(roomId);
     this.forgetCursor(roomId);
     for (const [id, post] of this.posts) {
@@ -639,7 +644,12 @@ export class ChatClient {
   }
 
   onJoined(frame) {
-    const room = this.rooms.get(String(frame.roomId));
+    const roomId = String(frame.roomId);
+    if (this.leaving.has(roomId) && !this.rooms.has(roomId)) {
+      if (this.sendFrame({ event: 'logout', roomId })) this.leaving.delete(roomId);
+      return;
+    }
+    const room = this.rooms.get(roomId);
     if (!room) return;
     const floor = Math.max(0, (frame.seq || 0) - (frame.replayed || 0));
     const epochChanged = room.epoch != null && room.epoch !== frame.epoch;
