@@ -155,6 +155,7 @@ test('two people chat in a room and see the counts change; HTML stays text', asy
   await waitText(pa, '#chat-name', 'Direct · Bob');
   await send(pa, 'psst, Bob');
   await pa.waitForFunction(() => document.querySelector('#messages .msg.own[data-seq]') !== null);
+  await pa.screenshot({ path: path.join(ARTIFACTS, 'desktop-dm.png') });
 
   const pb2 = await openChat(bob, gateway.url, null);
   await waitText(pb2, '#dm-list .card', 'Alice');
@@ -347,6 +348,8 @@ test('screenshots: phone and desktop, English and Chinese', async () => {
 
   const desk = await newContext(DESKTOP);
   const pd = await openChat(desk, gateway.url, 'Judy');
+  await waitText(pd, '#suggested-list .card[data-room="lobby"]', '1 online');
+  await pd.screenshot({ path: path.join(ARTIFACTS, 'desktop-start.png') });
   await enterRoom(pd, 'lobby');
   await waitText(pd, '#messages .msg[data-seq] .bubble .text', lines[2]);
   await send(pd, 'Nice. Loading history on scroll works too.');

@@ -16,8 +16,8 @@ export const ROOT = path.resolve(here, '..', '..');
 export const GATEWAY_BIN = process.env.CHAT_GATEWAY_BIN || path.join(ROOT, 'target', 'debug', 'chat-gateway');
 /** Where screenshots and logs go (gitignored). */
 export const ARTIFACTS = process.env.CHAT_WEB_ARTIFACTS || path.join(ROOT, 'target', 'web-artifacts');
-/** Bound of one wait. */
-export const TIMEOUT_MS = Number(process.env.CHAT_WEB_TIMEOUT_MS || 30000);
+/** Bound of one wait: generous, since a passing wait costs only its condition's time. */
+export const TIMEOUT_MS = Number(process.env.CHAT_WEB_TIMEOUT_MS || 60000);
 
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 const RUN_DIR = fs.mkdtempSync(path.join(ARTIFACTS, `run-${process.pid}-`));

@@ -241,8 +241,10 @@ function toast(text, kind = 'info', action = null) {
   const node = el('div', { class: `toast ${kind}`, role: kind === 'error' ? 'alert' : 'status' }, text);
   if (action) node.append(el('button', { type: 'button', onclick: () => { action.run(); node.remove(); } }, action.label));
   $('toasts').append(node);
-  while ($('toasts').children.length > 3) $('toasts').firstChild.remove();
-  setTimeout(() => node.remove(), action ? 6000 : 2800);
+  // At most three at once; a toast asking for a decision outlives the plain ones around it.
+  const plain = [...$('toasts').children].filter((n) => !n.querySelector('button'));
+  while (plain.length > 0 && $('toasts').children.length > 3) plain.shift().remove();
+  setTimeout(() => node.remove(), action ? 10000 : 2800);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -412,7 +414,9 @@ function openConv(key) {
   if (conv.atBottom || conv.scrollTop == null) scrollToBottom();
   else $('messages').scrollTop = conv.scrollTop;
   if (conv.kind === 'room' && conv.joined && !conv.historyAsked) loadHistory(conv);
-  if (!$('members').hidden) renderMembers();
+  // The member list belongs to a room; a direct conversation has none.
+  if (conv.kind !== 'room') $('members').hidden = true;
+  else if (!$('members').hidden) renderMembers();
   if (!window.matchMedia('(max-width: 719px)').matches) $('composer-input').focus();
   updateTitle();
 }
@@ -733,11 +737,13 @@ function renderHeader() {
   if (conv.kind === 'room') {
     $('chat-name').textContent = conv.title;
     $('online-count').textContent = `${t('rooms.online', { n: conv.num })} · ${t('rooms.members', { n: conv.total })}`;
+    $('online-count').classList.remove('plain');
     $('leave').hidden = false;
     $('members-toggle').hidden = false;
   } else {
     $('chat-name').textContent = t('dm.with', { name: conv.title });
     $('online-count').textContent = t('dm.subtitle');
+    $('online-count').classList.add('plain');
     $('leave').hidden = true;
     $('members-toggle').hidden = true;
   }
