@@ -332,6 +332,34 @@ test('history loads while scrolling up; a "new messages" pill appears when scrol
   await context.close();
 });
 
+test('a room created by a Chinese name; the browser going offline shows Offline, then recovers', async () => {
+  const gateway = await startGateway({ label: 'e2e-offline' });
+  const context = await newContext(DESKTOP, { locale: 'zh-CN' });
+  const page = await openChat(context, gateway.url, '小红');
+  await waitText(page, 'nav h2', '推荐房间');
+  await page.locator('#join-input').fill('读书会');
+  await page.locator('#join-input').press('Enter');
+  await waitText(page, '#chat-name', '读书会');
+  await waitText(page, '#messages .sys', '欢迎 小红 加入 读书会');
+  await send(page, '大家好');
+  await waitText(page, '#messages .msg.own[data-seq] .bubble .text', '大家好');
+  const rooms = await (await fetch(`${gateway.url}/api/rooms`)).json();
+  const created = rooms.rooms.find((r) => r.roomName === '读书会');
+  assert.ok(created && /^x-[0-9a-f]+$/.test(created.roomId), JSON.stringify(rooms));
+
+  await context.setOffline(true);
+  await waitStatus(page, 'offline');
+  await waitText(page, '#status-text', '离线');
+  await send(page, '离线时写的');
+  await page.locator('#messages .msg.pending').waitFor();
+  await context.setOffline(false);
+  await waitStatus(page, 'connected');
+  await waitText(page, '#messages .msg.own[data-seq] .bubble .text', '离线时写的');
+  await page.waitForFunction(() => document.querySelectorAll('#messages .msg.pending').length === 0);
+  noErrors(page);
+  await context.close();
+});
+
 test('screenshots: phone and desktop, English and Chinese', async () => {
   const gateway = await startGateway({ label: 'e2e-shots' });
   const ivan = await nodeUser(gateway, 'ivan');
