@@ -101,11 +101,7 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 pub fn routes() -> Router<Arc<Node>> {
     let mut router = Router::new()
         .route("/api/web-config", get(web_config))
-        // Only GET: a later change may make an upgrade on `/` speak another dialect.
-        .route(
-            "/",
-            get(|headers: HeaderMap| async move { serve(&INDEX, &headers) }),
-        );
+        .route("/", get(page));
     for asset in &ASSETS {
         router = router.route(
             asset.path,
@@ -113,6 +109,12 @@ pub fn routes() -> Router<Arc<Node>> {
         );
     }
     router
+}
+
+/// `GET /`: the chat page. Only a plain GET is handled here, so a later change can route a
+/// WebSocket upgrade on `/` (a legacy dialect) to its own handler and call this one otherwise.
+pub async fn page(headers: HeaderMap) -> Response {
+    serve(&INDEX, &headers)
 }
 
 fn serve(asset: &'static Asset, request: &HeaderMap) -> Response {

@@ -479,6 +479,7 @@ function onJoined(j) {
     if (old) old.remove();
   }
   if (first && !conv.quietJoin) toast(t('toast.joined', { room: conv.title }));
+  if (first && !conv.last && j.head > 0) loadPreview(conv);
   saveRooms();
   if (!conv.historyAsked) {
     // Everything from here on arrives as replay or live traffic; history pages back from here.
@@ -662,6 +663,22 @@ function renderTopNote(conv) {
   else if (conv.loading) conv.top.textContent = t('chat.loadingEarlier');
   else if (conv.historyDone) conv.top.textContent = t('chat.beginning', { room: conv.title });
   else conv.top.textContent = '';
+}
+
+/** The latest message of a room not opened yet, for its card (read-only HTTP, no acks). */
+async function loadPreview(conv) {
+  try {
+    const response = await fetch(`/api/rooms/${encodeURIComponent(conv.id)}/messages?limit=1`, { cache: 'no-store' });
+    if (!response.ok) return;
+    const body = await response.json();
+    const m = Array.isArray(body.messages) ? body.messages[0] : null;
+    if (m && !conv.last && typeof m.content === 'string') {
+      conv.last = m;
+      renderSidebar();
+    }
+  } catch (_) {
+    // no preview; the card shows the online count
+  }
 }
 
 async function loadHistory(conv, before) {
@@ -926,6 +943,9 @@ function wire() {
       applyLanguage();
     });
   }
+  document.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape' && !$('members').hidden) $('members').hidden = true;
+  });
   document.addEventListener('visibilitychange', () => {
     const conv = activeConv();
     if (!document.hidden && conv) {
