@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
 import WebSocket from 'ws';
 
-import { ARTIFACTS, TIMEOUT_MS, startGateway, startNginx, startRedis, stopAll, waitFor } from './harness.mjs';
+import { ARTIFACTS, RUN_DIR, TIMEOUT_MS, startGateway, startNginx, startRedis, stopAll, waitFor } from './harness.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const DESKTOP = { width: 1280, height: 800 };
@@ -37,7 +37,7 @@ after(async () => {
 async function clientLib(gateway) {
   if (!lib) {
     const response = await fetch(`${gateway.url}/chat-client.js`);
-    const file = path.join(ARTIFACTS, `chat-client-e2e-${process.pid}.mjs`);
+    const file = path.join(RUN_DIR, 'chat-client.mjs');
     fs.writeFileSync(file, await response.text());
     lib = await import(file);
   }

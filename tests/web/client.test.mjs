@@ -9,7 +9,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 
-import { ARTIFACTS, startGateway, startRedis, stopAll, waitFor } from './harness.mjs';
+import { RUN_DIR, startGateway, startRedis, stopAll, waitFor } from './harness.mjs';
 
 let gateway;
 let lib;
@@ -20,7 +20,7 @@ before(async () => {
   const response = await fetch(`${gateway.url}/chat-client.js`);
   assert.equal(response.status, 200);
   assert.match(response.headers.get('content-type'), /javascript/);
-  const file = path.join(ARTIFACTS, `chat-client-served-${process.pid}.mjs`);
+  const file = path.join(RUN_DIR, 'chat-client.mjs');
   fs.writeFileSync(file, await response.text());
   lib = await import(file);
 });

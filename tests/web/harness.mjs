@@ -20,7 +20,8 @@ export const ARTIFACTS = process.env.CHAT_WEB_ARTIFACTS || path.join(ROOT, 'targ
 export const TIMEOUT_MS = Number(process.env.CHAT_WEB_TIMEOUT_MS || 60000);
 
 fs.mkdirSync(ARTIFACTS, { recursive: true });
-const RUN_DIR = fs.mkdtempSync(path.join(ARTIFACTS, `run-${process.pid}-`));
+/** This test file's logs and scratch files: kept when it fails, removed when it passes. */
+export const RUN_DIR = fs.mkdtempSync(path.join(ARTIFACTS, `run-${process.pid}-`));
 
 const processes = new Set();
 
@@ -29,7 +30,11 @@ export function stopAll() {
   for (const p of processes) p.kill9();
   processes.clear();
 }
-process.on('exit', stopAll);
+process.on('exit', (code) => {
+  stopAll();
+  if (code === 0 && !process.exitCode) fs.rmSync(RUN_DIR, { recursive: true, force: true });
+  else console.error(`gateway, redis and nginx logs kept in ${RUN_DIR}`);
+});
 
 export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
