@@ -935,6 +935,12 @@ function wire() {
     if (!$('members').hidden) renderMembers();
   });
   $('members-close').addEventListener('click', () => { $('members').hidden = true; });
+  // On narrow screens the member list covers the chat: a tap on the chat beside it closes it.
+  $('chat').addEventListener('click', (event) => {
+    if (!$('members').hidden && window.matchMedia('(max-width: 899px)').matches && !event.target.closest('#members-toggle')) {
+      $('members').hidden = true;
+    }
+  });
   $('status-retry').addEventListener('click', () => state.client && state.client.reconnectNow());
   $('sign-out').addEventListener('click', signOut);
   for (const button of document.querySelectorAll('.lang-toggle')) {
