@@ -295,7 +295,7 @@ describe('with a scripted socket', () => {
     for (let seq = 1; seq <= 20; seq++) s.deliver(msg(seq));
     await waitFor(() => s.sent.some((f) => f.event === 'ack'), { what: 'an ack' });
     const acks = s.sent.filter((f) => f.event === 'ack');
-    assert.deepEqual(acks, [{ event: 'ack', roomId: 'r', seq: 20 }], 'one cumulative ack for the burst');
+    assert.deepEqual(acks, [{ event: 'ack', roomId: 'r', seq: 20, epoch: 'e1' }], 'one cumulative ack for the burst');
     s.drop(1012);
     await waitFor(() => S.instances.length === 2 && S.instances[1].onopen, { what: 'reconnect' });
     s = S.instances[1];

@@ -795,13 +795,15 @@ export class ChatClient {
     this.timers.ack = null;
     for (const room of this.rooms.values()) {
       if (!room.ackDirty || !room.joined || room.seq <= room.ackedSeq) continue;
-      if (this.sendFrame({ event: 'ack', roomId: room.roomId, seq: room.seq })) {
+      // The epoch tells the server which log `seq` belongs to, so an ack that crosses a log reset
+      // cannot move the new log's cursor.
+      if (this.sendFrame({ event: 'ack', roomId: room.roomId, seq: room.seq, epoch: room.epoch })) {
         room.ackedSeq = room.seq;
         room.ackDirty = false;
       }
     }
     if (this.direct.dirty && this.direct.seq > 0) {
-      if (this.sendFrame({ event: 'ack', direct: true, seq: this.direct.seq })) this.direct.dirty = false;
+      if (this.sendFrame({ event: 'ack', direct: true, seq: this.direct.seq, epoch: this.direct.epoch })) this.direct.dirty = false;
     }
   }
 
