@@ -349,6 +349,33 @@ describe('with a scripted socket', () => {
     c.close();
   });
 
+  test('posts not yet confirmed survive a reload and are resent with the same clientMsgId', async () => {
+    const storage = new lib.MemoryStorage();
+    const S = fakeSocketClass();
+    const first = fakeClient(S, { storage });
+    first.join('r');
+    first.connect(); // the socket never opens: everything stays pending
+    const post = first.send('r', 'typed before the reload');
+    first.close();
+
+    const S2 = fakeSocketClass();
+    const second = fakeClient(S2, { storage });
+    const restored = [];
+    second.on('pending', ({ post: p }) => restored.push(p));
+    second.join('r');
+    second.connect();
+    assert.deepEqual(restored.map((p) => [p.clientMsgId, p.content]), [[post.clientMsgId, 'typed before the reload']]);
+    await waitFor(() => S2.instances[0] && S2.instances[0].onopen);
+    const s = S2.instances[0];
+    s.open();
+    s.deliver(joinedFrame(0));
+    const resent = s.sent.filter((f) => f.event === 'message');
+    assert.deepEqual(resent, [{ event: 'message', roomId: 'r', content: 'typed before the reload', clientMsgId: post.clientMsgId }]);
+    s.deliver({ event: 'sent', roomId: 'r', clientMsgId: post.clientMsgId, seq: 1, epoch: 'e1', ts: 1 });
+    assert.equal(storage.getItem('chat:v1:u1:outbox'), null, 'the outbox is empty once confirmed');
+    second.close();
+  });
+
   test('heartbeat: a connection that stops answering is replaced', async () => {
     const S = fakeSocketClass();
     const c = fakeClient(S, { heartbeatIntervalMs: 300, heartbeatTimeoutMs: 300, backoffBaseMs: 10, backoffMaxMs: 20 });

@@ -134,6 +134,7 @@ export class ChatClient {
     this.joinWaiters = new Map();
     this.started = false;
     this.loadCursors();
+    this.loadOutbox();
     this.onOnline = () => { if (this.started && this.status !== 'connected') this.reconnectNow(); };
     this.onOffline = () => { if (this.started) this.dropConnection('browser offline'); };
   }
@@ -181,6 +182,14 @@ export class ChatClient {
       globalThis.addEventListener('offline', this.onOffline);
     }
     this.timers.retry = setInterval(() => this.retryUnanswered(), 1000);
+    // Posts restored from storage (typed before a reload, never confirmed): show them again; they
+    // are resent after the login like any other pending post.
+    for (const post of this.posts.values()) {
+      if (post.restored) {
+        delete post.restored;
+        this.emit(post.state === 'failed' ? 'failed' : 'pending', { post: { ...post }, error: post.error });
+      }
+    }
     this.open();
   }
 
@@ -426,6 +435,7 @@ export class ChatClient {
     for (const [id, post] of this.posts) {
       if (post.roomId === roomId) this.posts.delete(id);
     }
+    this.saveOutbox();
     this.rejectJoin(roomId, new Error('left'));
     this.emit('left', { roomId });
   }
@@ -501,6 +511,7 @@ export class ChatClient {
       error: null,
     };
     this.posts.set(post.clientMsgId, post);
+    this.saveOutbox();
     this.emit('pending', { post: { ...post } });
     this.transmit(post);
     return { ...post };
@@ -513,6 +524,7 @@ export class ChatClient {
     post.state = 'pending';
     post.attempts = 0;
     post.error = null;
+    this.saveOutbox();
     this.emit('pending', { post: { ...post } });
     this.transmit(post);
     return true;
@@ -520,7 +532,9 @@ export class ChatClient {
 
   /** Forgets a pending or failed post (the UI discarded it). */
   discard(clientMsgId) {
-    return this.posts.delete(clientMsgId);
+    const had = this.posts.delete(clientMsgId);
+    this.saveOutbox();
+    return had;
   }
 
   /** Posts not yet confirmed by `sent`, oldest first. */
@@ -578,6 +592,7 @@ export class ChatClient {
   failPost(post, error) {
     post.state = 'failed';
     post.error = error;
+    this.saveOutbox();
     this.emit('failed', { post: { ...post }, error });
   }
 
@@ -732,6 +747,7 @@ export class ChatClient {
     const post = this.posts.get(clientMsgId);
     if (!post) return;
     this.posts.delete(clientMsgId);
+    this.saveOutbox();
     this.emit('sent', { post: { ...post, state: 'sent' }, clientMsgId, seq: frame.seq, epoch: frame.epoch, ts: frame.ts });
   }
 
@@ -864,6 +880,58 @@ export class ChatClient {
   forgetCursor(roomId) {
     delete this.cursors[`#${roomId}`];
     this.persist();
+  }
+
+  outboxKey() {
+    return `${this.options.storagePrefix}:${this.userId}:outbox`;
+  }
+
+  /** Unconfirmed posts survive a reload: they are resent with the same `clientMsgId`. */
+  loadOutbox() {
+    let saved = [];
+    try {
+      const raw = this.storage.getItem(this.outboxKey());
+      saved = raw ? JSON.parse(raw) : [];
+    } catch (_) {
+      saved = [];
+    }
+    if (!Array.isArray(saved)) return;
+    for (const p of saved) {
+      if (!p || typeof p.clientMsgId !== 'string' || typeof p.content !== 'string') continue;
+      if (typeof p.roomId !== 'string' && typeof p.toUserId !== 'string') continue;
+      const post = {
+        clientMsgId: p.clientMsgId,
+        content: p.content,
+        state: p.state === 'failed' ? 'failed' : 'pending',
+        createdAt: Number(p.createdAt) || Date.now(),
+        attempts: 0,
+        sentAt: 0,
+        sentOn: 0,
+        error: p.error || null,
+        restored: true,
+      };
+      if (typeof p.roomId === 'string') post.roomId = p.roomId;
+      else post.toUserId = p.toUserId;
+      this.posts.set(post.clientMsgId, post);
+    }
+  }
+
+  saveOutbox() {
+    const posts = [...this.posts.values()].map((p) => ({
+      clientMsgId: p.clientMsgId,
+      roomId: p.roomId,
+      toUserId: p.toUserId,
+      content: p.content,
+      state: p.state,
+      createdAt: p.createdAt,
+      error: p.error,
+    }));
+    try {
+      if (posts.length) this.storage.setItem(this.outboxKey(), JSON.stringify(posts));
+      else this.storage.removeItem(this.outboxKey());
+    } catch (_) {
+      // storage full or disabled: pending posts then live as long as the page
+    }
   }
 
   persist() {
