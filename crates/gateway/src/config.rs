@@ -167,7 +167,15 @@ impl Settings {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("web.default_rooms");
-        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        let mut settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        // From the environment, "a, b" means ["a", "b"] and an empty value means no rooms.
+        settings.web.default_rooms = settings
+            .web
+            .default_rooms
+            .iter()
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty())
+            .collect();
         settings.validate()?;
         Ok(settings)
     }
@@ -275,6 +283,13 @@ mod tests {
             s.log.level, "chat_gateway=debug,info",
             "other keys are not lists"
         );
+
+        let spaced = Settings::load_with_env(None, env(&[("CHAT__WEB__DEFAULT_ROOMS", "a, b")]))
+            .expect("spaces");
+        assert_eq!(spaced.web.default_rooms, ["a", "b"]);
+        let empty =
+            Settings::load_with_env(None, env(&[("CHAT__WEB__DEFAULT_ROOMS", "")])).expect("empty");
+        assert!(empty.web.default_rooms.is_empty());
         let err = Settings::load_with_env(None, env(&[("CHAT__WEB__DEFAULT_ROOMS", "ok,not ok")]))
             .expect_err("bad room id");
         assert!(err.to_string().contains("default_rooms"), "{err}");
