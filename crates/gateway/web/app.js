@@ -799,7 +799,7 @@ function renderSidebar() {
   $('suggested-list').replaceChildren(...suggested.map((id) => {
     const s = state.serverRooms.get(id);
     const name = displayRoomName(id);
-    const sub = s ? `${t('rooms.online', { n: s.num })} · ${t('rooms.members', { n: s.total })}` : t('rooms.online', { n: 0 });
+    const sub = s && s.total > 0 ? `${t('rooms.online', { n: s.num })} · ${t('rooms.members', { n: s.total })}` : t('rooms.fresh');
     return el('li', {},
       el('button', { type: 'button', class: 'card suggested', dataset: { room: id }, onclick: () => joinRoom(id, name) },
         avatar(id, name, 'room'),
