@@ -25,9 +25,9 @@ export const RUN_DIR = fs.mkdtempSync(path.join(ARTIFACTS, `run-${process.pid}-`
 
 const processes = new Set();
 
-/** Stops every process this file started (SIGKILL by PID). */
+/** Stops every process this file started, each by its own PID. */
 export function stopAll() {
-  for (const p of processes) p.kill9();
+  for (const p of [...processes]) p.stop();
   processes.clear();
 }
 process.on('exit', (code) => {
@@ -74,7 +74,12 @@ export function freePort() {
 let counter = 0;
 
 class Proc {
-  constructor(name, command, args, env) {
+  /**
+   * `stopSignal`: how `stop` ends it. SIGKILL for single-process servers; nginx needs SIGTERM, as
+   * its worker processes outlive a killed master.
+   */
+  constructor(name, command, args, env, stopSignal = 'SIGKILL') {
+    this.stopSignal = stopSignal;
     counter += 1;
     this.name = name;
     this.log = path.join(RUN_DIR, `${name}-${counter}.log`);
@@ -89,8 +94,13 @@ class Proc {
 
   /** SIGKILL, by this process's own PID. */
   kill9() {
+    this.stop('SIGKILL');
+  }
+
+  /** Sends `signal` (default: its stop signal) by its own PID and forgets it. */
+  stop(signal = this.stopSignal) {
     if (this.exited) return;
-    try { process.kill(this.pid, 'SIGKILL'); } catch (_) { /* already gone */ }
+    try { process.kill(this.pid, signal); } catch (_) { /* already gone */ }
     this.exited = true;
     processes.delete(this);
   }
@@ -197,7 +207,7 @@ export async function startNginx(gatewayPorts) {
     .replace('listen 127.0.0.1:8080;', `listen 127.0.0.1:${port};`);
   const confPath = path.join(dir, 'nginx.conf');
   fs.writeFileSync(confPath, conf);
-  const proc = new Proc('nginx', 'nginx', ['-p', dir, '-c', confPath, '-g', 'daemon off;'], process.env);
+  const proc = new Proc('nginx', 'nginx', ['-p', dir, '-c', confPath, '-g', 'daemon off;'], process.env, 'SIGTERM');
   const url = `http://127.0.0.1:${port}`;
   await waitFor(async () => {
     if (proc.exited) throw new Error(`nginx exited:\n${proc.logTail()}`);
