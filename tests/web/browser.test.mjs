@@ -247,6 +247,34 @@ test('the gateway restarts: the page reconnects by itself and resumes with no ga
   await context.close();
 });
 
+test('a single in-memory gateway restarts empty: the page adopts the new log instead of taking it for duplicates', async () => {
+  const gateway = await startGateway({ label: 'e2e-epoch' });
+  const context = await newContext();
+  const page = await openChat(context, gateway.url, 'Paul');
+  await enterRoom(page, 'games');
+  await send(page, 'old log, seq 1');
+  await waitText(page, '#messages .msg.own[data-seq] .bubble .text', 'old log, seq 1');
+  const oldEpoch = await page.evaluate(() => window.chatApp.client.room('games').epoch);
+
+  await gateway.restart(); // the embedded backend keeps nothing: the room's log starts again at 1
+  await waitStatus(page, 'connected');
+  await page.waitForFunction((old) => window.chatApp.client.room('games').epoch !== old, oldEpoch);
+  await waitText(page, '#messages .sys', 'history was reset');
+  const quinn = await nodeUser(gateway, 'quinn');
+  quinn.join('games');
+  quinn.connect();
+  await quinn.join('games');
+  quinn.send('games', 'new log, seq 1');
+  await waitText(page, '#messages .msg[data-seq] .bubble .text', 'new log, seq 1');
+  await send(page, 'new log, seq 2');
+  await waitFor(() => quinn.got.some((m) => m.content === 'new log, seq 2' && m.seq === 2), { what: 'quinn got seq 2' });
+  const texts = await page.locator('#messages .msg .bubble .text').allTextContents();
+  assert.deepEqual(texts, ['old log, seq 1', 'new log, seq 1', 'new log, seq 2']);
+  noErrors(page);
+  quinn.close();
+  await context.close();
+});
+
 test('a cluster behind nginx: a gateway is killed and the page carries on through the other', async () => {
   const redis = await startRedis();
   const env = { CHAT__REDIS__URL: redis.url, CHAT__PRESENCE__TTL_SECS: '4' };
