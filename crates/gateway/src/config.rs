@@ -27,6 +27,7 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     pub redis: RedisSettings,
     pub log: LogSettings,
+    pub web: WebSettings,
 }
 
 /// `[server]`
@@ -116,6 +117,15 @@ pub struct LogSettings {
     pub format: String,
 }
 
+/// `[web]`: the browser chat served at `/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct WebSettings {
+    /// Room ids offered to every visitor (the room cards shown before joining anything).
+    pub default_rooms: Vec<String>,
+}
+
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -149,8 +159,23 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).required(true));
         }
-        let env = env.prefix_separator("__").separator("__").try_parsing(true);
-        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        // Only `web.default_rooms` is a list: every other variable stays a plain string, so a
+        // comma in e.g. `log.level` ("chat_gateway=debug,info") is not split.
+        let env = env
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("web.default_rooms");
+        let mut settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        // From the environment, "a, b" means ["a", "b"] and an empty value means no rooms.
+        settings.web.default_rooms = settings
+            .web
+            .default_rooms
+            .iter()
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty())
+            .collect();
         settings.validate()?;
         Ok(settings)
     }
@@ -189,6 +214,16 @@ impl Settings {
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format must be \"text\" or \"json\"");
+        }
+        if let Some(bad) = self
+            .web
+            .default_rooms
+            .iter()
+            .find(|id| chat_protocol::RoomId::new(id.as_str()).is_err())
+        {
+            return Err(SettingsError::Invalid(format!(
+                "web.default_rooms: `{bad}` is not a room id (^[A-Za-z0-9_.:-]{{1,64}}$)"
+            )));
         }
         Ok(())
     }
@@ -230,6 +265,34 @@ mod tests {
         assert_eq!(s.presence.ttl_secs, 15);
         assert_eq!(s.redis.prefix, "chat:");
         assert!(s.redis.url.is_empty());
+        assert_eq!(s.web.default_rooms, ["lobby", "games", "music", "tech"]);
+    }
+
+    #[test]
+    fn default_rooms_come_from_a_comma_separated_variable() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("CHAT__WEB__DEFAULT_ROOMS", "general,random"),
+                ("CHAT__LOG__LEVEL", "chat_gateway=debug,info"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(s.web.default_rooms, ["general", "random"]);
+        assert_eq!(
+            s.log.level, "chat_gateway=debug,info",
+            "other keys are not lists"
+        );
+
+        let spaced = Settings::load_with_env(None, env(&[("CHAT__WEB__DEFAULT_ROOMS", "a, b")]))
+            .expect("spaces");
+        assert_eq!(spaced.web.default_rooms, ["a", "b"]);
+        let empty =
+            Settings::load_with_env(None, env(&[("CHAT__WEB__DEFAULT_ROOMS", "")])).expect("empty");
+        assert!(empty.web.default_rooms.is_empty());
+        let err = Settings::load_with_env(None, env(&[("CHAT__WEB__DEFAULT_ROOMS", "ok,not ok")]))
+            .expect_err("bad room id");
+        assert!(err.to_string().contains("default_rooms"), "{err}");
     }
 
     #[test]

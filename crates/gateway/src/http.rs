@@ -5,9 +5,12 @@
 //! | `GET /ws` | WebSocket upgrade (protocol v1) |
 //! | `GET /api/rooms` | `{"rooms":[{roomId, roomName, num, total, seq, epoch}]}` |
 //! | `GET /api/rooms/{id}/messages?before=&limit=` | `{"roomId","epoch","messages":[...]}` |
+//! | `GET /api/rooms/{id}/members` | `{"roomId","members":[userId…]}`: who joined and has not logged out |
 //! | `GET /api/node` | `{"node","backend","connections"}`: which node answered, and its load |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when the store and the broker answer and the node is not shutting down, else 503 |
+//!
+//! The browser chat (`/`, `/chat-client.js`, its assets and `/api/web-config`) is in [`crate::web`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use chat_protocol::{ErrorCode, RoomId};
 use serde_json::json;
 
 use crate::node::Node;
-use crate::ws;
+use crate::{web, ws};
 
 /// The node's routes.
 pub fn router(node: Arc<Node>) -> Router {
@@ -33,10 +36,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ws", get(upgrade))
         .route("/api/rooms", get(rooms))
         .route("/api/rooms/{id}/messages", get(messages))
+        .route("/api/rooms/{id}/members", get(members))
         .route("/api/node", get(node_info))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/", get(index))
+        .merge(web::routes())
         .with_state(node)
 }
 
@@ -140,6 +144,24 @@ async fn messages(
     }
 }
 
+/// The room's members, for the web chat's user list (the protocol has counts, not names).
+async fn members(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    let room = match RoomId::new(id) {
+        Ok(room) => room,
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidId,
+                &format!("room id {e}"),
+            );
+        }
+    };
+    match node.store.members(&room).await {
+        Ok(members) => Json(json!({ "roomId": room, "members": members })).into_response(),
+        Err(e) => backend_error(e),
+    }
+}
+
 async fn node_info(State(node): State<Arc<Node>>) -> Response {
     Json(json!({
         "node": node.id,
@@ -165,8 +187,4 @@ async fn ready(State(node): State<Arc<Node>>) -> Response {
             .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
     }
-}
-
-async fn index() -> &'static str {
-    "chat-gateway: WebSocket protocol v1 at /ws (see docs/protocol.md); GET /api/rooms lists rooms.\n"
 }

@@ -8,6 +8,7 @@
 //! - [`session`]: one connection's protocol logic, testable without a socket.
 //! - [`ws`]: the socket driver around a session.
 //! - [`http`]: the routes.
+//! - [`web`]: the browser chat's embedded page and client library.
 //! - [`presence`]: keeps this node's presence alive in the cluster and reaps dead nodes' users.
 //!
 //! [`run`] serves on a listener until a shutdown token fires, then closes every session with 1012
@@ -20,6 +21,7 @@ pub mod membership;
 pub mod node;
 pub mod presence;
 pub mod session;
+pub mod web;
 pub mod ws;
 
 use std::time::Duration;
