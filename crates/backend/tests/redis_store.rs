@@ -1386,3 +1386,34 @@ async fn presence_changes_take_increasing_presence_seqs() {
     })
     .await;
 }
+
+/// Posts check key types on a room's first post through the node and trust them afterwards; a
+/// key damaged later fails the next post (Corrupt), and every post after that checks again, so
+/// damage is never silently written over.
+#[tokio::test]
+async fn key_types_are_checked_on_first_post_and_again_after_a_failure() {
+    bounded(async {
+        let server = RedisServer::start();
+        let backend = open(config(&server, "n1")).await;
+        let store = &backend.store;
+        let r = room("r");
+        store.post(&r, &draft("a", "first")).await.expect("post");
+        // Listed by its first post through this node, though the per-post script leaves the
+        // global room list alone.
+        let rooms = raw_strings(&server, &["SMEMBERS", "chat:rooms"]).await;
+        assert_eq!(rooms, vec!["r".to_owned()]);
+
+        raw(&server, &["DEL", "chat:room:r:log"]).await;
+        raw(&server, &["SET", "chat:room:r:log", "damaged"]).await;
+        for attempt in 0..3 {
+            let result = store.post(&r, &draft("a", "again")).await.map(drop);
+            assert!(
+                matches!(result, Err(BackendError::Corrupt(_))),
+                "attempt {attempt}: {result:?}"
+            );
+        }
+        let log = raw(&server, &["GET", "chat:room:r:log"]).await;
+        assert_eq!(log, redis::Value::BulkString(b"damaged".to_vec()));
+    })
+    .await;
+}

@@ -30,6 +30,43 @@ const REFRESH_CHUNK: usize = 256;
 /// sent as `+inf` (no real log gets anywhere near).
 const MAX_EXACT_SCORE: u64 = 1 << 53;
 
+/// Streams whose keys held more than this many verified streams are forgotten at once (and checked
+/// again on their next post): the set stays small however many rooms a node ever sees.
+const TYPES_SEEN_CAPACITY: usize = 100_000;
+
+/// Streams whose keys this node has seen with the right types, so their posts skip the `TYPE`
+/// checks (see `read_log` in common.lua). A stream is checked on its first post through this node
+/// and again after any failed post.
+#[derive(Default)]
+struct TypesSeen(std::sync::Mutex<std::collections::HashSet<StreamKey>>);
+
+impl TypesSeen {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<StreamKey>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a post touching `streams` must check their key types.
+    fn must_check(&self, streams: &[&StreamKey]) -> bool {
+        let seen = self.lock();
+        !streams.iter().all(|s| seen.contains(*s))
+    }
+
+    /// Records the outcome of a post that did (`checked`) or did not check.
+    fn record(&self, streams: &[&StreamKey], checked: bool, succeeded: bool) {
+        let mut seen = self.lock();
+        if !succeeded {
+            for stream in streams {
+                seen.remove(*stream);
+            }
+        } else if checked {
+            if seen.len() + streams.len() > TYPES_SEEN_CAPACITY {
+                seen.clear();
+            }
+            seen.extend(streams.iter().map(|s| (*s).clone()));
+        }
+    }
+}
+
 /// The Redis store.
 pub(crate) struct RedisStore {
     redis: Redis,
@@ -39,6 +76,7 @@ pub(crate) struct RedisStore {
     presence_ttl_ms: u64,
     history_cap: usize,
     cursor_ttl_secs: u64,
+    types_seen: TypesSeen,
 }
 
 impl RedisStore {
@@ -51,6 +89,7 @@ impl RedisStore {
             presence_ttl_ms: config.presence_lease_ms,
             history_cap: config.history_per_room.max(1),
             cursor_ttl_secs: config.cursor_ttl_secs,
+            types_seen: TypesSeen::default(),
         }
     }
 }
@@ -362,17 +401,27 @@ impl Store for RedisStore {
             .as_deref()
             .map(|id| format!("{}|{id}", draft.user_id))
             .unwrap_or_default();
+        let check = self.types_seen.must_check(&[&stream]);
         inv.key(self.keys.room_meta(room))
             .key(self.keys.room_log(room))
-            .key(self.keys.rooms())
             .key(self.keys.room_ids(room))
             .arg(new_epoch())
             .arg(body)
             .arg(self.history_cap)
             .arg(self.keys.channel(&stream))
-            .arg(room.as_str())
-            .arg(post_id);
-        let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+            .arg(post_id)
+            .arg(if check { "1" } else { "0" });
+        let result = self.redis.script(W, &inv).await;
+        self.types_seen.record(&[&stream], check, result.is_ok());
+        let mut it = array(W, result?)?.into_iter();
+        if check {
+            // The room list is a global index: kept out of the per-post script (whose keys all
+            // belong to the room) and written on a room's first post through this node. A room
+            // is normally listed by the join that comes before any post already.
+            let mut add = redis::cmd("SADD");
+            add.arg(self.keys.rooms()).arg(room.as_str());
+            self.redis.query(W, &add).await?;
+        }
         let seq = next(W, &mut it)?;
         let epoch = next(W, &mut it)?;
         let ts = next(W, &mut it)?;
@@ -407,7 +456,13 @@ impl Store for RedisStore {
             .arg(self.keys.channel(&StreamKey::Inbox(from.clone())))
             .arg(post_id)
             .arg(if from == to { "1" } else { "0" });
-        let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+        let streams = [StreamKey::Inbox(to.clone()), StreamKey::Inbox(from.clone())];
+        let streams = [&streams[0], &streams[1]];
+        let check = self.types_seen.must_check(&streams);
+        inv.arg(if check { "1" } else { "0" });
+        let result = self.redis.script(W, &inv).await;
+        self.types_seen.record(&streams, check, result.is_ok());
+        let mut it = array(W, result?)?.into_iter();
         let (rseq, repoch) = (next(W, &mut it)?, next(W, &mut it)?);
         let (sseq, sepoch) = (next(W, &mut it)?, next(W, &mut it)?);
         let ts = next(W, &mut it)?;
@@ -631,7 +686,7 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<()> {
         const W: &str = "ping";
-        let pong = reply::string(W, self.redis.query(W, &redis::cmd("PING")).await?)?;
+        let pong = reply::string(W, self.redis.ping_exclusive(W).await?)?;
         if pong == "PONG" {
             Ok(())
         } else {
