@@ -6,9 +6,10 @@ mod redis_support;
 use std::time::Duration;
 
 use chat_backend::{
-    BackendError, BrokerEvent, Counts, Draft, JoinRequest, Position, Refreshed, StreamKey,
+    BackendError, BrokerEvent, Counts, CursorUpdate, Draft, JoinRequest, Position, Refreshed,
+    StreamKey,
 };
-use chat_protocol::ServerFrame;
+use chat_protocol::{ServerFrame, UserId};
 use redis_support::*;
 
 #[tokio::test]
@@ -1414,6 +1415,91 @@ async fn key_types_are_checked_on_first_post_and_again_after_a_failure() {
         }
         let log = raw(&server, &["GET", "chat:room:r:log"]).await;
         assert_eq!(log, redis::Value::BulkString(b"damaged".to_vec()));
+    })
+    .await;
+}
+
+/// The batch a node writes its collected acks with: the same rules as one advance, per entry, and
+/// one damaged entry does not stop the others.
+#[tokio::test]
+async fn cursors_advance_in_batches_with_the_same_rules() {
+    bounded(async {
+        let server = RedisServer::start();
+        let backend = open(config(&server, "n1")).await;
+        let store = &backend.store;
+        let (r, s) = (room("r"), room("s"));
+        let (ann, bob, eve) = (user("ann"), user("bob"), user("eve"));
+        for (rm, u) in [(&r, &ann), (&r, &bob), (&s, &ann)] {
+            store
+                .join(&JoinRequest {
+                    room: rm,
+                    user: u,
+                    user_name: "X",
+                    room_name: None,
+                })
+                .await
+                .expect("join");
+        }
+        let er = store
+            .head(&StreamKey::Room(r.clone()))
+            .await
+            .expect("head")
+            .epoch;
+        let inbox = StreamKey::Inbox(ann.clone());
+        let ei = store.head(&inbox).await.expect("head").epoch;
+        raw(&server, &["HSET", "chat:user:bob:cursors", "r", "zzz"]).await;
+        let update = |u: &UserId, stream: StreamKey, epoch: &str, seq| CursorUpdate {
+            user: u.clone(),
+            stream,
+            to: Position::new(epoch, seq),
+        };
+        let batch = vec![
+            update(&ann, StreamKey::Room(r.clone()), &er, 5),
+            update(&ann, StreamKey::Room(s.clone()), "stale", 9),
+            update(&ann, inbox.clone(), &ei, 3),
+            update(&bob, StreamKey::Room(r.clone()), &er, 4),
+            update(&eve, StreamKey::Room(r.clone()), &er, 2),
+        ];
+        store.advance_cursors(&batch).await.expect("batch");
+        let cursor = |u: &UserId, st: StreamKey| {
+            let store = store.clone();
+            let u = u.clone();
+            async move { store.cursor(&u, &st).await }
+        };
+        assert_eq!(
+            cursor(&ann, StreamKey::Room(r.clone()))
+                .await
+                .expect("cursor"),
+            Some(Position::new(er.clone(), 5))
+        );
+        assert_eq!(
+            cursor(&ann, StreamKey::Room(s.clone()))
+                .await
+                .expect("cursor"),
+            None
+        );
+        assert_eq!(
+            cursor(&ann, inbox.clone()).await.expect("cursor"),
+            Some(Position::new(ei, 3))
+        );
+        // Bob's damaged cursor is left as it is; eve is no member.
+        let bobs = raw(&server, &["HGET", "chat:user:bob:cursors", "r"]).await;
+        assert_eq!(bobs, redis::Value::BulkString(b"zzz".to_vec()));
+        assert_eq!(
+            cursor(&eve, StreamKey::Room(r.clone()))
+                .await
+                .expect("cursor"),
+            None
+        );
+        // Forward only.
+        store
+            .advance_cursors(&[update(&ann, StreamKey::Room(r.clone()), &er, 2)])
+            .await
+            .expect("batch");
+        assert_eq!(
+            cursor(&ann, StreamKey::Room(r)).await.expect("cursor"),
+            Some(Position::new(er, 5))
+        );
     })
     .await;
 }

@@ -95,6 +95,7 @@ pub struct PresenceSettings {
 #[allow(missing_docs)]
 pub struct ClusterSettings {
     pub sync_interval_secs: u64,
+    pub cursor_flush_ms: u64,
 }
 
 /// `[redis]`
@@ -211,6 +212,9 @@ impl Settings {
         }
         if self.cluster.sync_interval_secs == 0 {
             return invalid("cluster.sync_interval_secs must be at least 1");
+        }
+        if !(10..=60_000).contains(&self.cluster.cursor_flush_ms) {
+            return invalid("cluster.cursor_flush_ms must be between 10 and 60000");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format must be \"text\" or \"json\"");

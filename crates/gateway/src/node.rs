@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::cursors::CursorBatch;
 use crate::hub::Hub;
 
 /// Number of presence lock stripes; see [`Node::presence_guard`].
@@ -39,6 +40,8 @@ pub struct Node {
     /// detached).
     pub sessions: TaskTracker,
     presence_locks: Vec<Mutex<()>>,
+    /// Acknowledged read positions waiting to be written in one batch.
+    pub cursors: CursorBatch,
     /// Held shared by every presence removal (logout, a user's last connection gone) across its
     /// store call, and exclusively by the presence upkeep across its snapshot and refresh: a
     /// refresh built before a removal can then never be applied after it and bring the user back.
@@ -70,6 +73,7 @@ impl Node {
             sessions: TaskTracker::new(),
             presence_locks: (0..PRESENCE_STRIPES).map(|_| Mutex::new(())).collect(),
             presence_barrier: RwLock::new(()),
+            cursors: CursorBatch::new(),
             settings,
         })
     }

@@ -10,8 +10,9 @@
 //! epoch, the highest seq that reached the socket and the highest seq the client acknowledged.
 //! When the connection ends, the user's cursor moves to the acknowledged seq if the client ever
 //! sent `ack` for that room (so nothing unacknowledged is lost), else to the delivered seq (old
-//! clients never ack). Acks are also written while connected, at most once a second per room, so
-//! a node that dies loses little. A seq is never read or written without its epoch: when the log
+//! clients never ack). Acks while connected are recorded in the node's [`crate::cursors`] batch,
+//! written every `cluster.cursor_flush_ms`, so a node that dies loses little and an ack never
+//! waits on the store. A seq is never read or written without its epoch: when the log
 //! is reset, positions in the old epoch stop counting instead of shadowing the new log's seqs.
 //!
 //! A frame counts as delivered only once the driver has flushed it to the socket: replies carry
@@ -20,7 +21,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use chat_backend::{BackendError, Draft, JoinRequest, Notice, Position, StreamKey};
@@ -34,9 +34,6 @@ use chat_protocol::{
 use crate::hub::{Attached, ConnHandle, Mark};
 use crate::membership::JoinVerdict;
 use crate::node::Node;
-
-/// Acks are written to the store at most this often per stream while connected.
-const ACK_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Who the connection is; fixed by its first `login`.
 #[derive(Debug, Clone)]
@@ -54,9 +51,6 @@ struct Progress {
     delivered: u64,
     /// Highest seq the client acknowledged, if it ever did.
     acked: Option<u64>,
-    /// Highest acknowledged seq already written to the store.
-    ack_written: u64,
-    last_ack_write: Option<Instant>,
 }
 
 impl Progress {
@@ -65,8 +59,6 @@ impl Progress {
             epoch: Arc::from(epoch),
             delivered: 0,
             acked: None,
-            ack_written: 0,
-            last_ack_write: None,
         }
     }
 
@@ -77,7 +69,6 @@ impl Progress {
             self.epoch = epoch.clone();
             self.delivered = 0;
             self.acked = self.acked.map(|_| 0);
-            self.ack_written = 0;
         }
     }
 
@@ -88,7 +79,9 @@ impl Progress {
     /// The cursor to store when the connection ends, if it moved.
     fn final_cursor(&self) -> Option<Position> {
         match self.acked {
-            Some(acked) => (acked > self.ack_written).then(|| self.at(acked)),
+            // Written directly at the end even if a batch has it already: a user who reconnects
+            // elsewhere at once must not be replayed what they acked here.
+            Some(acked) => (acked > 0).then(|| self.at(acked)),
             None => (self.delivered > 0).then(|| self.at(self.delivered)),
         }
     }
@@ -242,28 +235,11 @@ impl Session {
         self.rooms.remove(room);
     }
 
-    /// Periodic work (driven by the heartbeat timer): writes acknowledgements held back by the
-    /// once-a-second limit, and retries attaching a direct-message inbox that failed.
+    /// Periodic work (driven by the heartbeat timer): retries attaching a direct-message inbox
+    /// that failed. (Acks need no timer: the node writes them in batches.)
     pub async fn on_tick(&mut self) {
-        let Some(user) = self.user.clone() else {
-            return;
-        };
-        if self.inbox.is_none() {
+        if self.user.is_some() && self.inbox.is_none() {
             self.attach_inbox().await;
-        }
-        let due: Vec<(StreamKey, Position)> = self
-            .rooms
-            .iter()
-            .map(|(r, p)| (StreamKey::Room(r.clone()), p))
-            .chain(
-                self.inbox
-                    .iter()
-                    .map(|p| (StreamKey::Inbox(user.id.clone()), p)),
-            )
-            .filter_map(|(k, p)| p.acked.filter(|a| *a > p.ack_written).map(|a| (k, p.at(a))))
-            .collect();
-        for (key, position) in due {
-            self.write_ack(&user.id, &key, position).await;
         }
     }
 
@@ -730,38 +706,11 @@ impl Session {
         let seq = seq.min(progress.delivered);
         let acked = progress.acked.unwrap_or(0).max(seq);
         progress.acked = Some(acked);
-        let due = progress
-            .last_ack_write
-            .is_none_or(|t| t.elapsed() >= ACK_WRITE_INTERVAL);
-        if due {
-            let position = progress.at(acked);
-            self.write_ack(&user.id, &key, position).await;
+        // Written with the node's next batch: the socket path never waits on the store.
+        if acked > 0 {
+            self.node.cursors.record(&user.id, &key, progress.at(acked));
         }
         Ok(())
-    }
-
-    async fn write_ack(&mut self, user: &UserId, key: &StreamKey, position: Position) {
-        match self.node.store.advance_cursor(user, key, &position).await {
-            Ok(moved) => {
-                let progress = match key {
-                    StreamKey::Room(room) => self.rooms.get_mut(room),
-                    StreamKey::Inbox(_) => self.inbox.as_mut(),
-                };
-                if let Some(p) = progress
-                    && *p.epoch == *position.epoch
-                {
-                    // Not moved can mean the store cannot take it yet (membership or epoch still
-                    // being restored after a Redis restart): keep it due, so the next tick and
-                    // the end of the session try again.
-                    if moved {
-                        p.ack_written = p.ack_written.max(position.seq);
-                    }
-                    p.last_ack_write = Some(Instant::now());
-                }
-            }
-            // Kept in memory; the next tick or the end of the session writes it.
-            Err(e) => tracing::debug!(error = %e, "could not store an ack"),
-        }
     }
 
     async fn history(&mut self, request: HistoryRequest) -> Result<(), ProtocolError> {

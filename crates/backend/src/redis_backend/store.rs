@@ -17,14 +17,20 @@ use super::reply::{self, array, next};
 use super::scripts::Scripts;
 use crate::memory::new_epoch;
 use crate::{
-    BackendError, Counts, Departed, DirectPosted, Draft, Head, JoinOutcome, JoinRequest,
-    LeaveOutcome, Position, Posted, PresenceEntry, Reaped, Refreshed, Result, Revived, RoomSummary,
-    Store, StreamKey,
+    BackendError, Counts, CursorUpdate, Departed, DirectPosted, Draft, Head, JoinOutcome,
+    JoinRequest, LeaveOutcome, Position, Posted, PresenceEntry, Reaped, Refreshed, Result, Revived,
+    RoomSummary, Store, StreamKey,
 };
 
 /// Entries per `refresh_presence` script call: keeps each script short, so one node's refresh
 /// never blocks Redis (single-threaded) for long, however many connections the node holds.
 const REFRESH_CHUNK: usize = 256;
+
+/// Streams per pipelined `heads` read.
+const HEADS_CHUNK: usize = 512;
+
+/// Cursor updates per `advance_cursors` script call.
+const CURSOR_CHUNK: usize = 256;
 
 /// Seqs and scores are doubles inside Redis; above 2^53 they are not exact, so such bounds are
 /// sent as `+inf` (no real log gets anywhere near).
@@ -42,7 +48,9 @@ struct TypesSeen(std::sync::Mutex<std::collections::HashSet<StreamKey>>);
 
 impl TypesSeen {
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<StreamKey>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether a post touching `streams` must check their key types.
@@ -499,6 +507,32 @@ impl Store for RedisStore {
         Ok(Head { epoch, seq })
     }
 
+    async fn heads(&self, streams: &[StreamKey]) -> Result<Vec<Option<Head>>> {
+        const W: &str = "heads";
+        let mut heads = Vec::with_capacity(streams.len());
+        // Plain reads, pipelined: no script, no write, so checking every stream a node serves
+        // costs Redis one HMGET each.
+        for chunk in streams.chunks(HEADS_CHUNK) {
+            let mut pipe = redis::pipe();
+            for stream in chunk {
+                pipe.cmd("HMGET").arg(self.keys.meta(stream)).arg("epoch").arg("seq");
+            }
+            for reply in self.redis.pipeline(W, &pipe).await? {
+                let mut fields = array(W, reply)?.into_iter();
+                let epoch = next(W, &mut fields)?;
+                let seq = next(W, &mut fields)?;
+                heads.push(match epoch {
+                    Value::Nil => None,
+                    epoch => Some(Head {
+                        epoch: reply::epoch(W, epoch)?,
+                        seq: reply::seq_field(W, seq)?,
+                    }),
+                });
+            }
+        }
+        Ok(heads)
+    }
+
     async fn range(
         &self,
         stream: &StreamKey,
@@ -600,6 +634,34 @@ impl Store for RedisStore {
             .arg(self.cursor_ttl_secs)
             .arg(user.as_str());
         flag(W, &self.redis.script(W, &inv).await?)
+    }
+
+    async fn advance_cursors(&self, batch: &[CursorUpdate]) -> Result<()> {
+        const W: &str = "advance_cursors";
+        // Chunks keep each call short: Redis runs nothing else while a script runs.
+        for chunk in batch.chunks(CURSOR_CHUNK) {
+            let mut inv = self.scripts.advance_cursors.prepare_invoke();
+            inv.arg(self.cursor_ttl_secs);
+            for update in chunk {
+                let cursors = self.keys.cursors(&update.user);
+                let members = match &update.stream {
+                    StreamKey::Room(room) => self.keys.room_members(room),
+                    StreamKey::Inbox(_) => cursors.clone(),
+                };
+                inv.key(cursors)
+                    .key(self.keys.meta(&update.stream))
+                    .key(members)
+                    .arg(Keys::cursor_field(&update.stream))
+                    .arg(update.to.seq)
+                    .arg(&update.to.epoch)
+                    .arg(match &update.stream {
+                        StreamKey::Room(_) => update.user.as_str(),
+                        StreamKey::Inbox(_) => "",
+                    });
+            }
+            reply::int(W, &self.redis.script(W, &inv).await?)?;
+        }
+        Ok(())
     }
 
     async fn rooms(&self) -> Result<Vec<RoomSummary>> {
