@@ -515,7 +515,10 @@ impl Store for RedisStore {
         for chunk in streams.chunks(HEADS_CHUNK) {
             let mut pipe = redis::pipe();
             for stream in chunk {
-                pipe.cmd("HMGET").arg(self.keys.meta(stream)).arg("epoch").arg("seq");
+                pipe.cmd("HMGET")
+                    .arg(self.keys.meta(stream))
+                    .arg("epoch")
+                    .arg("seq");
             }
             for reply in self.redis.pipeline(W, &pipe).await? {
                 let mut fields = array(W, reply)?.into_iter();
