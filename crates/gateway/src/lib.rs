@@ -7,6 +7,7 @@
 //!   notices.
 //! - [`session`]: one connection's protocol logic, testable without a socket.
 //! - [`ws`]: the socket driver around a session.
+//! - [`legacy`]: the classic tutorial client's dialect on `GET /`, translated at the edge.
 //! - [`http`]: the routes.
 //! - [`web`]: the browser chat's embedded page and client library.
 //! - [`presence`]: keeps this node's presence alive in the cluster and reaps dead nodes' users.
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod legacy;
 pub mod membership;
 pub mod node;
 pub mod presence;
