@@ -122,6 +122,10 @@ impl Shared {
             conns: 0,
         });
         view.conns += 1;
+        // A room without a name is named by the first join that gives one (possibly this one).
+        if *view.name != *name {
+            view.name = Arc::from(name);
+        }
         if at >= view.at {
             view.num = num;
             view.at = at;
@@ -655,7 +659,7 @@ mod tests {
         shared.observe(&notice(3, 12));
         shared.observe(&notice(1, 11));
         assert_eq!(shared.view(&room), (Arc::from("make friends"), 3));
-        shared.enter(&room, "other name", 2, 11);
+        shared.enter(&room, "make friends", 2, 11);
         assert_eq!(
             shared.view(&room).1,
             3,
