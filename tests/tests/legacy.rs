@@ -526,6 +526,55 @@ async fn hostile_classic_input_is_ignored_and_the_connection_stays_usable() {
     );
     assert!(gw.healthy().await);
 }
+/// A raw GET with extra headers; the status code and the body.
+async fn raw_get(addr: std::net::SocketAddr, headers: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(default_timeout(), stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn slash_is_still_the_page_without_an_upgrade_and_ws_stays_v1() {
+    let gw = Gateway::start(&[]).await;
+    let (status, body) = raw_get(gw.addr(), "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<html"), "{body}");
+    // Some other upgrade (not WebSocket) is just a GET of the page.
+    let (status, body) = raw_get(gw.addr(), "Upgrade: h2c\r\n").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<html"));
+    // A broken WebSocket upgrade is refused, not answered with HTML.
+    let (status, body) = raw_get(
+        gw.addr(),
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // `/ws` is protocol v1, unchanged: the classic login there is refused with an error frame.
+    let mut v1 = gw.client().await.named("v1");
+    v1.send_json(
+        json!({"userName": "Alice", "roomId": 1, "roomName": "make friends", "event": "login"}),
+    )
+    .await;
+    v1.expect_error(chat_tests::chat_protocol::ErrorCode::MissingField)
+        .await;
+    v1.login("1", "ann", "Ann").await;
+}
+
 /// `npm ci` when node_modules is missing or older than the lock file (as `tests/tests/web.rs`).
 fn npm_ci(dir: &Path) {
     let lock = dir.join("package-lock.json");

@@ -123,9 +123,15 @@ async fn root(
 ) -> Response {
     match upgrade {
         Ok(upgrade) => crate::http::accept(node, upgrade, true),
-        Err(rejection) if headers.contains_key(header::UPGRADE) => rejection.into_response(),
+        Err(rejection) if wants_websocket(&headers) => rejection.into_response(),
         Err(_) => page(headers).await,
     }
+}
+
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// The chat page.
