@@ -525,6 +525,8 @@ async fn hostile_classic_input_is_ignored_and_the_connection_stays_usable() {
         "named by the first login that gave a name"
     );
     assert!(gw.healthy().await);
+    let log = chat_tests::read_to_string(gw.log_path());
+    assert!(!log.contains("panicked"), "no panic in the gateway");
 }
 /// A raw GET with extra headers; the status code and the body.
 async fn raw_get(addr: std::net::SocketAddr, headers: &str) -> (u16, String) {
