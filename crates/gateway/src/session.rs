@@ -152,9 +152,10 @@ impl Session {
         }
     }
 
-    /// Makes the session speak the legacy dialect (`GET /`); its hub handle must be marked with
-    /// [`ConnHandle::speaking_legacy`].
+    /// Makes the session speak the legacy dialect (`GET /`). Its hub handle (the one the hub
+    /// attaches) is marked too, so the hub hands it a translation slot with each broadcast.
     pub fn speaking_legacy(mut self) -> Self {
+        self.conn = self.conn.clone().speaking_legacy();
         self.legacy = Some(Edge::new(self.node.legacy.clone()));
         self
     }

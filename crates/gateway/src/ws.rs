@@ -39,10 +39,7 @@ pub async fn drive(socket: WebSocket, node: Arc<Node>) {
 /// tutorial client's dialect ([`crate::legacy`]).
 pub async fn drive_as(socket: WebSocket, node: Arc<Node>, legacy: bool) {
     let (tx, mut rx) = mpsc::channel(node.settings.limits.outbound_queue);
-    let mut conn = ConnHandle::new(node.hub.next_conn_id(), tx);
-    if legacy {
-        conn = conn.speaking_legacy();
-    }
+    let conn = ConnHandle::new(node.hub.next_conn_id(), tx);
     let mut session = Session::new(node.clone(), conn.clone());
     if legacy {
         session = session.speaking_legacy();

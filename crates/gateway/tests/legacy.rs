@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 fn legacy_conn(h: &Harness) -> Conn {
     let (tx, rx) = mpsc::channel(64);
-    let conn = ConnHandle::new(h.node.hub.next_conn_id(), tx).speaking_legacy();
+    let conn = ConnHandle::new(h.node.hub.next_conn_id(), tx);
     Conn {
         session: Session::new(h.node.clone(), conn).speaking_legacy(),
         rx,
