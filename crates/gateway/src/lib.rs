@@ -7,9 +7,9 @@
 //!   notices.
 //! - [`session`]: one connection's protocol logic, testable without a socket.
 //! - [`ws`]: the socket driver around a session.
-//! - [`legacy`]: the classic tutorial client's dialect on `GET /`, translated at the edge.
 //! - [`http`]: the routes.
 //! - [`web`]: the browser chat's embedded page and client library.
+//! - [`legacy`]: the classic tutorial client's dialect on `GET /`, translated at the edge.
 //! - [`presence`]: keeps this node's presence alive in the cluster and reaps dead nodes' users.
 //!
 //! [`run`] serves on a listener until a shutdown token fires, then closes every session with 1012

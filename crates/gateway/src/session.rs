@@ -113,14 +113,14 @@ pub struct Reply {
 pub struct Session {
     node: Arc<Node>,
     conn: ConnHandle,
+    /// `Some` when the connection speaks the legacy dialect.
+    legacy: Option<Edge>,
     user: Option<Identity>,
     rooms: HashMap<RoomId, Progress>,
     inbox: Option<Progress>,
     /// The inbox could not be attached or replayed; retried at the next login and every tick.
     inbox_failed: bool,
     replies: VecDeque<Reply>,
-    /// `Some` when the connection speaks the legacy dialect.
-    legacy: Option<Edge>,
 }
 
 fn unavailable(e: BackendError) -> ProtocolError {
@@ -143,12 +143,12 @@ impl Session {
         Session {
             node,
             conn,
+            legacy: None,
             user: None,
             rooms: HashMap::new(),
             inbox: None,
             inbox_failed: false,
             replies: VecDeque::new(),
-            legacy: None,
         }
     }
 
