@@ -50,6 +50,9 @@ pub enum Outbound {
         text: Utf8Bytes,
         /// The stream and seq of a message frame.
         mark: Option<Mark>,
+        /// For a legacy-dialect connection: the broadcast's translation slot, shared by all of
+        /// its legacy recipients on this node so it is translated once (see [`crate::legacy`]).
+        legacy: Option<crate::legacy::Cache>,
     },
     /// The user left the room (a `logout` from any of their connections, on any node).
     Left(RoomId),
@@ -73,6 +76,8 @@ pub struct ConnHandle {
     pub id: ConnId,
     tx: mpsc::Sender<Outbound>,
     kill: Arc<KillSwitch>,
+    /// The connection speaks the legacy dialect: its frames come with a shared translation slot.
+    legacy: bool,
 }
 
 #[derive(Debug)]
@@ -88,7 +93,18 @@ impl ConnHandle {
             token: CancellationToken::new(),
             code: AtomicU16::new(close::NORMAL),
         });
-        Self { id, tx, kill }
+        Self {
+            id,
+            tx,
+            kill,
+            legacy: false,
+        }
+    }
+
+    /// Marks the connection as speaking the legacy dialect ([`crate::legacy`]).
+    pub fn speaking_legacy(mut self) -> Self {
+        self.legacy = true;
+        self
     }
 
     /// Asks the connection's driver to close with `code`. The first reason wins.
@@ -195,6 +211,8 @@ impl LocalStream {
 
     /// Hands one frame to every attached connection.
     fn broadcast(&mut self, text: &Utf8Bytes, mark: Option<Mark>) {
+        // Created for the first legacy recipient only, so v1-only streams pay nothing.
+        let mut legacy: Option<crate::legacy::Cache> = None;
         for conn in self.conns.values_mut() {
             if mark
                 .as_ref()
@@ -205,6 +223,10 @@ impl LocalStream {
             let item = Outbound::Frame {
                 text: text.clone(),
                 mark: mark.clone(),
+                legacy: conn
+                    .handle
+                    .legacy
+                    .then(|| legacy.get_or_insert_with(Default::default).clone()),
             };
             match &mut conn.gate {
                 Some(held) if held.len() < GATE_CAPACITY => held.push(item),

@@ -10,6 +10,7 @@
 //! - [`ws`]: the socket driver around a session.
 //! - [`http`]: the routes.
 //! - [`web`]: the browser chat's embedded page and client library.
+//! - [`legacy`]: the classic tutorial client's dialect on `GET /`, translated at the edge.
 //! - [`presence`]: keeps this node's presence alive in the cluster and reaps dead nodes' users.
 //!
 //! [`run`] serves on a listener until a shutdown token fires, then closes every session with 1012
@@ -19,6 +20,7 @@ pub mod config;
 pub mod cursors;
 pub mod http;
 pub mod hub;
+pub mod legacy;
 pub mod membership;
 pub mod node;
 pub mod presence;

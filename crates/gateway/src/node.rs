@@ -36,6 +36,8 @@ pub struct Node {
     pub backend_kind: &'static str,
     /// Cancelled when the node starts shutting down.
     pub shutdown: CancellationToken,
+    /// The legacy dialect's node-wide state (room names and counts for its frames, counters).
+    pub legacy: Arc<crate::legacy::Shared>,
     /// Every session task, so shutdown can wait for them (axum's `on_upgrade` spawns them
     /// detached).
     pub sessions: TaskTracker,
@@ -71,6 +73,7 @@ impl Node {
             backend_kind,
             shutdown,
             sessions: TaskTracker::new(),
+            legacy: Arc::default(),
             presence_locks: (0..PRESENCE_STRIPES).map(|_| Mutex::new(())).collect(),
             presence_barrier: RwLock::new(()),
             cursors: CursorBatch::new(),

@@ -18,6 +18,10 @@
 //! A frame counts as delivered only once the driver has flushed it to the socket: replies carry
 //! the same delivery [`Mark`]s as live frames, so a replay that never reached the client does
 //! not move its cursor.
+//!
+//! A session may speak the legacy dialect ([`crate::legacy`]) instead of v1: its [`Edge`] then
+//! translates frames in ([`Session::on_text`]) and out ([`Session::reply`],
+//! [`Session::outbound_text`]); the protocol logic in between is the same.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -32,6 +36,7 @@ use chat_protocol::{
 };
 
 use crate::hub::{Attached, ConnHandle, Mark};
+use crate::legacy::{self, Edge};
 use crate::membership::JoinVerdict;
 use crate::node::Node;
 
@@ -101,6 +106,8 @@ pub struct Reply {
 pub struct Session {
     node: Arc<Node>,
     conn: ConnHandle,
+    /// `Some` when the connection speaks the legacy dialect.
+    legacy: Option<Edge>,
     user: Option<Identity>,
     rooms: HashMap<RoomId, Progress>,
     inbox: Option<Progress>,
@@ -129,12 +136,39 @@ impl Session {
         Session {
             node,
             conn,
+            legacy: None,
             user: None,
             rooms: HashMap::new(),
             inbox: None,
             inbox_failed: false,
             replies: VecDeque::new(),
         }
+    }
+
+    /// Makes the session speak the legacy dialect (`GET /`). Its hub handle (the one the hub
+    /// attaches) is marked too, so the hub hands it a translation slot with each broadcast.
+    pub fn speaking_legacy(mut self) -> Self {
+        self.conn = self.conn.clone().speaking_legacy();
+        self.legacy = Some(Edge::new(self.node.legacy.clone()));
+        self
+    }
+
+    /// The text to write for a frame the hub queued: the shared v1 text itself, or for a legacy
+    /// connection its translation (`None`: not for this client).
+    pub fn outbound_text(
+        &self,
+        text: Utf8Bytes,
+        cache: Option<&legacy::Cache>,
+    ) -> Option<Utf8Bytes> {
+        match &self.legacy {
+            None => Some(text),
+            Some(edge) => edge.relay(&text, cache),
+        }
+    }
+
+    /// Direct-message inboxes are for v1 clients: the classic client has no direct messages.
+    fn wants_inbox(&self) -> bool {
+        self.inbox.is_none() && self.legacy.is_none()
     }
 
     /// The connection's id.
@@ -154,8 +188,15 @@ impl Session {
     }
 
     fn reply(&mut self, frame: &ServerFrame) {
+        let text = match &mut self.legacy {
+            None => frame.encode(),
+            Some(edge) => match edge.reply(frame) {
+                Some(text) => text,
+                None => return,
+            },
+        };
         self.replies.push_back(Reply {
-            text: Utf8Bytes::from(frame.encode()),
+            text: Utf8Bytes::from(text),
             mark: None,
         });
     }
@@ -174,8 +215,16 @@ impl Session {
                 epoch: epoch.clone(),
                 seq: message.seq,
             };
+            let frame = ServerFrame::Message(message);
+            let text = match &mut self.legacy {
+                None => frame.encode(),
+                Some(edge) => match edge.reply(&frame) {
+                    Some(text) => text,
+                    None => continue,
+                },
+            };
             self.replies.push_back(Reply {
-                text: Utf8Bytes::from(ServerFrame::Message(message).encode()),
+                text: Utf8Bytes::from(text),
                 mark: Some(mark),
             });
         }
@@ -187,7 +236,14 @@ impl Session {
 
     /// A text frame from the client.
     pub async fn on_text(&mut self, text: &str) {
-        let frame = match parse_client_frame(text, &self.node.limits) {
+        let parsed = match &mut self.legacy {
+            None => parse_client_frame(text, &self.node.limits),
+            Some(edge) => match edge.parse(text, &self.node.limits) {
+                Some(frame) => Ok(frame),
+                None => return,
+            },
+        };
+        let frame = match parsed {
             Ok(frame) => frame,
             Err(e) => return self.reply_error(e),
         };
@@ -238,7 +294,7 @@ impl Session {
     /// Periodic work (driven by the heartbeat timer): retries attaching a direct-message inbox
     /// that failed. (Acks need no timer: the node writes them in batches.)
     pub async fn on_tick(&mut self) {
-        if self.user.is_some() && self.inbox.is_none() {
+        if self.user.is_some() && self.wants_inbox() {
             self.attach_inbox().await;
         }
     }
@@ -371,6 +427,9 @@ impl Session {
                 name: req.user_name.clone(),
             });
         }
+        if let Some(edge) = &mut self.legacy {
+            edge.joined(&req.room_id, &outcome);
+        }
         self.reply(&ServerFrame::Joined(Joined {
             room_id: req.room_id.clone(),
             room_name: outcome.room_name,
@@ -406,7 +465,7 @@ impl Session {
                 tracing::warn!(room = %req.room_id, error = %e, "could not publish a login notice");
             }
         }
-        if self.inbox.is_none() {
+        if self.wants_inbox() {
             self.attach_inbox().await;
         }
         tracing::debug!(conn = self.conn.id, room = %req.room_id, user = %req.user_id, "joined");
@@ -732,6 +791,17 @@ impl Session {
     /// store cursors, and tell the rooms the user went offline where this was their last
     /// connection.
     pub async fn finish(&mut self) {
+        if self.legacy.as_ref().is_some_and(Edge::is_guest) {
+            // A guest identity cannot come back, so its memberships and cursors would only pile
+            // up: it leaves its rooms for good (the rooms see a `logout`, reason `left`).
+            let rooms: Vec<RoomId> = self.rooms.keys().cloned().collect();
+            for room in rooms {
+                if let Err(e) = self.logout(room.clone()).await {
+                    // Still in `rooms`: the offline path below records it as gone instead.
+                    tracing::debug!(%room, error = %e.message, "a guest could not leave");
+                }
+            }
+        }
         let Some(user) = self.user.clone() else {
             return;
         };
