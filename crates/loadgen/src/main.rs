@@ -386,7 +386,8 @@ fn rss_kib(pid: u32) -> Option<u64> {
 async fn idle(args: &Args, secs: u64) {
     let before: Option<u64> = args.pid.iter().map(|p| rss_kib(*p)).sum();
     let sockets = open_all(args).await;
-    tokio::time::sleep(Duration::from_secs(secs.min(5))).await;
+    // Held for --secs (at most 600), so a caller can measure the servers while they are idle.
+    tokio::time::sleep(Duration::from_secs(secs)).await;
     let after: Option<u64> = args.pid.iter().map(|p| rss_kib(*p)).sum();
     println!("mode=idle clients={} rooms={}", sockets.len(), args.rooms);
     match (before, after) {
