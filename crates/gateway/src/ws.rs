@@ -74,6 +74,7 @@ async fn run(
 ) -> Ending {
     let idle_timeout = node.settings.idle_timeout();
     let write_timeout = Duration::from_secs(node.settings.limits.write_timeout_secs);
+    let write_delay = Duration::from_millis(node.settings.websocket.write_delay_ms);
     let mut ping = tokio::time::interval_at(
         Instant::now() + node.settings.ping_interval(),
         node.settings.ping_interval(),
@@ -96,6 +97,10 @@ async fn run(
             _ = node.shutdown.cancelled() => return Ending::Close(close::SERVICE_RESTART, "server restarting"),
             item = rx.recv() => {
                 let Some(item) = item else { return Ending::Gone };
+                if !write_delay.is_zero() {
+                    // Let more frames queue up behind this one: one write for all of them.
+                    tokio::time::sleep(write_delay).await;
+                }
                 match timeout(write_timeout, write_batch(session, sink, rx, Some(item))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(())) => return Ending::Gone,
