@@ -38,6 +38,7 @@ pub struct ServerSettings {
     pub listen: String,
     pub node_id: String,
     pub shutdown_grace_secs: u64,
+    pub drain_secs: u64,
 }
 
 /// `[heartbeat]`

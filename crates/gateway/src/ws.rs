@@ -44,8 +44,26 @@ pub async fn drive_as(socket: WebSocket, node: Arc<Node>, legacy: bool) {
     if legacy {
         session = session.speaking_legacy();
     }
+    let registration = node.drain.register(&conn);
+    let opened = Instant::now();
+    metrics::counter!(crate::metrics::CONNECTIONS_OPENED).increment(1);
+    tracing::debug!(node = %node.id, conn = conn.id, legacy, "connection open");
     let (mut sink, mut stream) = socket.split();
     let ending = run(&node, &conn, &mut session, &mut sink, &mut stream, &mut rx).await;
+    drop(registration);
+    let (code, reason) = match &ending {
+        Ending::Close(code, reason) => (code.to_string(), *reason),
+        Ending::Gone => ("gone".to_owned(), "client gone"),
+    };
+    tracing::debug!(
+        node = %node.id,
+        conn = conn.id,
+        code = %code,
+        reason,
+        secs = opened.elapsed().as_secs_f64(),
+        "connection closed"
+    );
+    metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "code" => code).increment(1);
 
     if let Ending::Close(code, reason) = ending {
         let frame = CloseFrame {
@@ -61,7 +79,6 @@ pub async fn drive_as(socket: WebSocket, node: Arc<Node>, legacy: bool) {
     }
     drop(sink);
     session.finish().await;
-    tracing::debug!(conn = conn.id, "connection finished");
 }
 
 async fn run(
@@ -92,7 +109,10 @@ async fn run(
         // Unbiased on purpose: a busy room must not starve reading the client (its pongs keep it
         // alive), and a chatty client must not starve its own deliveries.
         tokio::select! {
-            code = conn.killed() => return Ending::Close(code, "slow consumer"),
+            code = conn.killed() => return Ending::Close(code, match code {
+                close::SERVICE_RESTART => "server restarting",
+                _ => "slow consumer",
+            }),
             _ = node.shutdown.cancelled() => return Ending::Close(close::SERVICE_RESTART, "server restarting"),
             item = rx.recv() => {
                 let Some(item) = item else { return Ending::Gone };
@@ -111,7 +131,10 @@ async fn run(
                 };
                 last_heard = Instant::now();
                 match message {
-                    Message::Text(text) => session.on_text(text.as_str()).await,
+                    Message::Text(text) => {
+                        metrics::counter!(crate::metrics::FRAMES_IN).increment(1);
+                        session.on_text(text.as_str()).await
+                    }
                     Message::Binary(_) => session.on_binary(),
                     // tungstenite answers pings itself; pongs only prove the client is alive.
                     Message::Ping(_) | Message::Pong(_) => {}
@@ -136,7 +159,10 @@ async fn write_batch(
     rx: &mut mpsc::Receiver<Outbound>,
     first: Option<Outbound>,
 ) -> Result<(), ()> {
+    // Everything queued behind the first item: the connection's backlog at its deepest point.
+    crate::metrics::outbound_depth(rx.len() + usize::from(first.is_some()));
     let replies: Vec<_> = session.take_replies().collect();
+    let mut frames = replies.len() as u64;
     let mut marks = Vec::new();
     for reply in replies {
         sink.feed(Message::Text(reply.text)).await.map_err(|_| ())?;
@@ -150,6 +176,7 @@ async fn write_batch(
                 // A frame a legacy client must not get still counts as delivered (its own post).
                 if let Some(text) = session.outbound_text(text, legacy.as_ref()) {
                     sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+                    frames += 1;
                 }
                 marks.extend(mark);
             }
@@ -161,6 +188,8 @@ async fn write_batch(
         }
     }
     sink.flush().await.map_err(|_| ())?;
+    metrics::counter!(crate::metrics::FRAMES_OUT).increment(frames);
+    metrics::counter!(crate::metrics::DELIVERIES).increment(marks.len() as u64);
     for mark in &marks {
         session.on_delivered(mark);
     }

@@ -276,14 +276,24 @@ impl Redis {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = std::result::Result<T, RedisError>>,
     {
-        self.timed(what, async {
-            let (generation, conn) = self.shared.get().await?;
-            op(conn).await.map_err(|e| {
-                self.shared.discard(generation, &e);
-                map_error(what, &e)
+        let started = std::time::Instant::now();
+        let result = self
+            .timed(what, async {
+                let (generation, conn) = self.shared.get().await?;
+                op(conn).await.map_err(|e| {
+                    self.shared.discard(generation, &e);
+                    map_error(what, &e)
+                })
             })
-        })
-        .await
+            .await;
+        // Every command, script and pipeline goes through here: one histogram per `what` (a fixed
+        // set of operation names, so bounded cardinality).
+        metrics::histogram!("chat_redis_command_seconds", "what" => what.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics::counter!("chat_redis_errors_total", "what" => what.to_owned()).increment(1);
+        }
+        result
     }
 
     /// One command.
