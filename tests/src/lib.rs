@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod cluster;
+pub mod local_cluster;
 
 pub use chat_protocol;
 pub use serde_json;
