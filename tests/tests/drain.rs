@@ -100,14 +100,6 @@ async fn client(
                 continue;
             }
         };
-        if let Some(at) = lost_at {
-            if at.elapsed() > Duration::from_secs(1) {
-                eprintln!(
-                    "{user}: connect done {:.2}s after loss",
-                    at.elapsed().as_secs_f64()
-                );
-            }
-        }
         let (mut tx, mut rx) = ws.split();
         let since = seen.contiguous();
         let mut login = json!({"event":"login","roomId":ROOM,"userId":user,"userName":user});
@@ -197,11 +189,13 @@ async fn client(
                                 seen.duplicates += 1;
                             }
                         }
-                        ServerFrame::Sent(s) => {
-                            if pending.as_ref().is_some_and(|(id, _)| s.client_msg_id.as_deref() == Some(id.as_str())) {
-                                seen.posted.push(s.seq);
-                                pending = None;
-                            }
+                        ServerFrame::Sent(s)
+                            if pending.as_ref().is_some_and(|(id, _)| {
+                                s.client_msg_id.as_deref() == Some(id.as_str())
+                            }) =>
+                        {
+                            seen.posted.push(s.seq);
+                            pending = None;
                         }
                         ServerFrame::Logout(n)
                             if n.reason == Some(LogoutReason::Offline)
