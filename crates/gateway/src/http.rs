@@ -6,7 +6,7 @@
 //! | `GET /api/rooms` | `{"rooms":[{roomId, roomName, num, total, seq, epoch}]}` |
 //! | `GET /api/rooms/{id}/messages?before=&limit=` | `{"roomId","epoch","messages":[...]}` |
 //! | `GET /api/rooms/{id}/members` | `{"roomId","members":[userId…]}`: who joined and has not logged out |
-//! | `GET /api/node` | `{"node","backend","connections","legacy":{"connections","rejected"}}`: which node answered, and its load |
+//! | `GET /api/node` | `{"node","backend","connections","presenceLeaseMs","draining","legacy":{"connections","rejected"}}`: which node answered, and its load |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when the store and the broker answer and the node is not draining or shutting down, else 503 |
 //! | `GET /metrics` | Prometheus text exposition ([`crate::metrics`]) |
@@ -176,6 +176,9 @@ async fn node_info(State(node): State<Arc<Node>>) -> Response {
         "node": node.id,
         "backend": node.backend_kind,
         "connections": node.sessions.len(),
+        // How long this node's presence entries live after a refresh (chatctl's lease age).
+        "presenceLeaseMs": node.settings.presence.ttl_secs * 1000 / 2,
+        "draining": node.drain.is_draining(),
         "legacy": {
             "connections": node.legacy.connections(),
             "rejected": node.legacy.rejected(),
