@@ -196,6 +196,13 @@ pub fn chatctl_bin() -> PathBuf {
     BIN.get_or_init(|| build_bin("chatctl", "chatctl")).clone()
 }
 
+/// Path of the `chat-cli` binary, built once per test process like [`gateway_bin`].
+pub fn chat_cli_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("chat-cli", "chat-cli"))
+        .clone()
+}
+
 /// Builds `bin` of `package` (a no-op when it is up to date) and returns its path.
 fn build_bin(package: &str, bin_name: &str) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

@@ -128,3 +128,71 @@ async fn sent_arrives_before_the_senders_copy() {
         }
     }
 }
+
+/// README: chat-cli's `/history [N]` pages back — the latest N first, then the N before those.
+#[tokio::test]
+async fn chat_cli_history_pages_back() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let bin = tokio::task::spawn_blocking(chat_tests::chat_cli_bin)
+        .await
+        .expect("chat-cli build");
+    let gw = Gateway::start(&[]).await;
+    let mut ann = gw.client().await.named("ann");
+    ann.login("lobby", "ann", "Ann").await;
+    for i in 1..=5 {
+        ann.post_and_wait("lobby", &format!("m{i}")).await;
+    }
+    let mut child = tokio::process::Command::new(bin)
+        .args([
+            "--url",
+            &gw.ws_url(),
+            "--user",
+            "pager",
+            "--room",
+            "lobby",
+            "--raw",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chat-cli");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // The next `history` frame chat-cli prints, as its seqs.
+    async fn next_page(
+        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    ) -> Vec<u64> {
+        loop {
+            let line = tokio::time::timeout(chat_tests::default_timeout(), lines.next_line())
+                .await
+                .expect("chat-cli printed nothing in time")
+                .expect("read")
+                .expect("chat-cli exited");
+            if let Ok(ServerFrame::History(page)) = ServerFrame::decode(&line) {
+                return page.messages.iter().map(|m| m.seq).collect();
+            }
+        }
+    }
+    // Wait until it has joined (its `joined` frame), so /history goes to a joined room.
+    loop {
+        let line = tokio::time::timeout(chat_tests::default_timeout(), lines.next_line())
+            .await
+            .expect("no joined in time")
+            .expect("read")
+            .expect("chat-cli exited");
+        if line.contains("\"joined\"") {
+            break;
+        }
+    }
+    let mut pages = Vec::new();
+    for _ in 0..3 {
+        stdin.write_all(b"/history 2\n").await.expect("write");
+        pages.push(next_page(&mut lines).await);
+    }
+    assert_eq!(pages, vec![vec![4, 5], vec![2, 3], vec![1]]);
+    stdin.write_all(b"/quit\n").await.expect("write");
+    let _ = tokio::time::timeout(chat_tests::default_timeout(), child.wait()).await;
+}

@@ -430,6 +430,8 @@ impl Session {
 
         let first_login = self.user.is_none();
         if first_login {
+            // The connection's span (ws.rs) names the user in every later log line of it.
+            tracing::Span::current().record("user", req.user_id.as_str());
             self.user = Some(Identity {
                 id: req.user_id.clone(),
                 name: req.user_name.clone(),

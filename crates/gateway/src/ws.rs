@@ -14,6 +14,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tracing::Instrument;
 
 use crate::hub::{ConnHandle, Outbound};
 use crate::node::Node;
@@ -38,8 +39,28 @@ pub async fn drive(socket: WebSocket, node: Arc<Node>) {
 /// Runs one connection to its end, then cleans up its session; `legacy`: it speaks the classic
 /// tutorial client's dialect ([`crate::legacy`]).
 pub async fn drive_as(socket: WebSocket, node: Arc<Node>, legacy: bool) {
-    let (tx, mut rx) = mpsc::channel(node.settings.limits.outbound_queue);
+    let (tx, rx) = mpsc::channel(node.settings.limits.outbound_queue);
     let conn = ConnHandle::new(node.hub.next_conn_id(), tx);
+    // Every log line of this connection (errors included) names the node, the connection and,
+    // once logged in, the user; rooms are named by each line.
+    let span = tracing::info_span!(
+        "conn",
+        node = %node.id,
+        conn = conn.id,
+        user = tracing::field::Empty
+    );
+    drive_conn(socket, node, legacy, conn, rx)
+        .instrument(span)
+        .await;
+}
+
+async fn drive_conn(
+    socket: WebSocket,
+    node: Arc<Node>,
+    legacy: bool,
+    conn: ConnHandle,
+    mut rx: mpsc::Receiver<Outbound>,
+) {
     let mut session = Session::new(node.clone(), conn.clone());
     if legacy {
         session = session.speaking_legacy();
@@ -47,7 +68,7 @@ pub async fn drive_as(socket: WebSocket, node: Arc<Node>, legacy: bool) {
     let registration = node.drain.register(&conn);
     let opened = Instant::now();
     metrics::counter!(crate::metrics::CONNECTIONS_OPENED).increment(1);
-    tracing::debug!(node = %node.id, conn = conn.id, legacy, "connection open");
+    tracing::debug!(legacy, "connection open");
     let (mut sink, mut stream) = socket.split();
     let ending = run(&node, &conn, &mut session, &mut sink, &mut stream, &mut rx).await;
     drop(registration);
@@ -56,8 +77,6 @@ pub async fn drive_as(socket: WebSocket, node: Arc<Node>, legacy: bool) {
         Ending::Gone => ("gone".to_owned(), "client gone"),
     };
     tracing::debug!(
-        node = %node.id,
-        conn = conn.id,
         code = %code,
         reason,
         secs = opened.elapsed().as_secs_f64(),
