@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use chat_backend::Notice;
 use chat_protocol::{LogoutReason, PresenceNotice, RoomId, UserId, close};
+use futures_util::StreamExt;
 
 use crate::hub::{ConnHandle, ConnId};
 use crate::node::Node;
@@ -30,6 +31,9 @@ use crate::node::Node;
 /// How long after the last session was closed the drain waits before removing deferred presence:
 /// clients reconnect after a short jittered backoff and log in again elsewhere.
 pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// Deferred presence removals in flight at once.
+const REMOVAL_CONCURRENCY: usize = 16;
 
 /// The node's drain state: whether it is draining, its live connections, and presence removals
 /// deferred until the end of the drain.
@@ -128,18 +132,35 @@ pub async fn run(node: &Arc<Node>) {
         return;
     }
     tokio::time::sleep(SETTLE).await;
-    let mut announced = 0usize;
-    for (room, user, user_name) in &deferred {
-        if remove_presence(node, room, user, user_name).await {
-            announced += 1;
-        }
+    // A few at a time, and bounded as a whole: with Redis down each call would wait out its
+    // timeout, and the node must still exit. What is left expires with its lease and is reaped
+    // (and announced) by a live node.
+    let total = deferred.len();
+    // Owned futures: a stream of futures borrowing from its items trips Send inference.
+    let removals: Vec<_> = deferred
+        .into_iter()
+        .map(|(room, user, user_name)| {
+            let node = Arc::clone(node);
+            async move { remove_presence(&node, &room, &user, &user_name).await }
+        })
+        .collect();
+    let removals = futures_util::stream::iter(removals)
+        .buffer_unordered(REMOVAL_CONCURRENCY)
+        .filter(|announced| std::future::ready(*announced))
+        .count();
+    match tokio::time::timeout(grace, removals).await {
+        Ok(announced) => tracing::info!(
+            node = %node.id,
+            removed = total,
+            announced,
+            "drain removed its presence; users online elsewhere were not announced"
+        ),
+        Err(_) => tracing::warn!(
+            node = %node.id,
+            deferred = total,
+            "presence removal did not finish within the shutdown grace; leases will expire"
+        ),
     }
-    tracing::info!(
-        node = %node.id,
-        removed = deferred.len(),
-        announced,
-        "drain removed its presence; users online elsewhere were not announced"
-    );
 }
 
 /// The store removal and `logout` notice a session's end would have made; true when announced.
