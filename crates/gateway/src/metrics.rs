@@ -13,7 +13,9 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics::{
+    Counter, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::node::Node;
@@ -131,6 +133,37 @@ fn describe() {
         "chat_redis_errors_total",
         "Redis calls that failed, by script or command (what)"
     );
+}
+
+/// Handles of the counters bumped per frame, registered once: the facade's `counter!` looks the
+/// key up in the recorder's registry at every call, which the hot path should not pay.
+pub struct Hot {
+    /// [`FRAMES_IN`].
+    pub frames_in: Counter,
+    /// [`FRAMES_OUT`].
+    pub frames_out: Counter,
+    /// [`DELIVERIES`].
+    pub deliveries: Counter,
+    /// [`POSTS`].
+    pub posts: Counter,
+    /// [`ACKS`].
+    pub acks: Counter,
+}
+
+/// The hot counters. Registered with the recorder installed at first use ([`handle`] is called
+/// by `run` before any connection is accepted).
+pub fn hot() -> &'static Hot {
+    static HOT: OnceLock<Hot> = OnceLock::new();
+    HOT.get_or_init(|| {
+        handle();
+        Hot {
+            frames_in: counter!(FRAMES_IN),
+            frames_out: counter!(FRAMES_OUT),
+            deliveries: counter!(DELIVERIES),
+            posts: counter!(POSTS),
+            acks: counter!(ACKS),
+        }
+    })
 }
 
 /// Records how many items one connection had queued; keeps the maximum.

@@ -255,12 +255,12 @@ impl Session {
                 let reference = post.client_msg_id.clone();
                 let posted = self.post(post).await;
                 if posted.is_ok() {
-                    metrics::counter!(crate::metrics::POSTS).increment(1);
+                    crate::metrics::hot().posts.increment(1);
                 }
                 posted.map_err(|e| e.with_ref(reference))
             }
             ClientFrame::Ack { stream, seq, epoch } => {
-                metrics::counter!(crate::metrics::ACKS).increment(1);
+                crate::metrics::hot().acks.increment(1);
                 self.ack(stream, seq, epoch).await
             }
             ClientFrame::History(request) => self.history(request).await,

@@ -151,7 +151,7 @@ async fn run(
                 last_heard = Instant::now();
                 match message {
                     Message::Text(text) => {
-                        metrics::counter!(crate::metrics::FRAMES_IN).increment(1);
+                        crate::metrics::hot().frames_in.increment(1);
                         session.on_text(text.as_str()).await
                     }
                     Message::Binary(_) => session.on_binary(),
@@ -207,8 +207,9 @@ async fn write_batch(
         }
     }
     sink.flush().await.map_err(|_| ())?;
-    metrics::counter!(crate::metrics::FRAMES_OUT).increment(frames);
-    metrics::counter!(crate::metrics::DELIVERIES).increment(marks.len() as u64);
+    let hot = crate::metrics::hot();
+    hot.frames_out.increment(frames);
+    hot.deliveries.increment(marks.len() as u64);
     for mark in &marks {
         session.on_delivered(mark);
     }
