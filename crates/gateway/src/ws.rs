@@ -66,6 +66,10 @@ async fn drive_conn(
         session = session.speaking_legacy();
     }
     let registration = node.drain.register(&conn);
+    if node.drain.is_draining() {
+        // Upgraded just as the drain began, after its sweep: close it like the others.
+        conn.kill(close::SERVICE_RESTART);
+    }
     let opened = Instant::now();
     metrics::counter!(crate::metrics::CONNECTIONS_OPENED).increment(1);
     tracing::debug!(legacy, "connection open");
