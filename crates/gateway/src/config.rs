@@ -39,6 +39,7 @@ pub struct ServerSettings {
     pub listen: String,
     pub node_id: String,
     pub shutdown_grace_secs: u64,
+    pub drain_secs: u64,
 }
 
 /// `[heartbeat]`
@@ -279,6 +280,7 @@ mod tests {
         assert_eq!(s.limits.max_frame_bytes, 65536);
         assert_eq!(s.history.per_room, 1000);
         assert_eq!(s.presence.ttl_secs, 15);
+        assert_eq!(s.server.drain_secs, 5);
         assert_eq!(s.redis.prefix, "chat:");
         assert!(s.redis.url.is_empty());
         assert_eq!(s.web.default_rooms, ["lobby", "games", "music", "tech"]);
