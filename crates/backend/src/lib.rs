@@ -160,6 +160,9 @@ pub trait Store: Send + Sync + 'static {
     /// Members of a room (ids), sorted.
     async fn members(&self, room: &RoomId) -> Result<Vec<UserId>>;
 
+    /// Users online in a room now, on any node (ids), sorted.
+    async fn online(&self, room: &RoomId) -> Result<Vec<UserId>>;
+
     /// Checks the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
 }

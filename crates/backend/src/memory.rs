@@ -534,6 +534,17 @@ impl Store for Shared {
             .unwrap_or_default())
     }
 
+    async fn online(&self, room: &RoomId) -> Result<Vec<UserId>> {
+        let state = self.state.lock().await;
+        let mut online: Vec<UserId> = state
+            .rooms
+            .get(room)
+            .map(|r| r.online.iter().cloned().collect())
+            .unwrap_or_default();
+        online.sort();
+        Ok(online)
+    }
+
     async fn ping(&self) -> Result<()> {
         Ok(())
     }

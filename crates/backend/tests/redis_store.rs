@@ -1550,3 +1550,31 @@ async fn a_refresh_skips_a_damaged_room_and_renews_the_others() {
     })
     .await;
 }
+
+/// Who is online in a room now, by the Redis clock: expired entries are not online.
+#[tokio::test]
+async fn online_lists_users_whose_presence_has_not_expired() {
+    bounded(async {
+        let server = RedisServer::start();
+        let a = open(config(&server, "node-a")).await;
+        let r = room("r");
+        for u in ["ann", "bob"] {
+            a.store
+                .join(&JoinRequest {
+                    room: &r,
+                    user: &user(u),
+                    user_name: u,
+                    room_name: None,
+                })
+                .await
+                .expect("join");
+        }
+        assert_eq!(
+            a.store.online(&r).await.expect("online"),
+            vec![user("ann"), user("bob")]
+        );
+        raw(&server, &["ZADD", "chat:room:{r}:online", "1", "bob"]).await;
+        assert_eq!(a.store.online(&r).await.expect("online"), vec![user("ann")]);
+    })
+    .await;
+}

@@ -5,7 +5,7 @@
 //! | `GET /ws` | WebSocket upgrade (protocol v1) |
 //! | `GET /api/rooms` | `{"rooms":[{roomId, roomName, num, total, seq, epoch}]}` |
 //! | `GET /api/rooms/{id}/messages?before=&limit=` | `{"roomId","epoch","messages":[...]}` |
-//! | `GET /api/rooms/{id}/members` | `{"roomId","members":[userId…]}`: who joined and has not logged out |
+//! | `GET /api/rooms/{id}/members` | `{"roomId","members":[userId…],"online":[userId…]}`: who joined and has not logged out, and who of them is online now (any node) |
 //! | `GET /api/node` | `{"node","backend","connections","presenceLeaseMs","draining","legacy":{"connections","rejected"}}`: which node answered, and its load |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when the store and the broker answer and the node is not draining or shutting down, else 503 |
@@ -165,9 +165,12 @@ async fn members(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Respo
             );
         }
     };
-    match node.store.members(&room).await {
-        Ok(members) => Json(json!({ "roomId": room, "members": members })).into_response(),
-        Err(e) => backend_error(e),
+    let (members, online) = tokio::join!(node.store.members(&room), node.store.online(&room));
+    match (members, online) {
+        (Ok(members), Ok(online)) => {
+            Json(json!({ "roomId": room, "members": members, "online": online })).into_response()
+        }
+        (Err(e), _) | (_, Err(e)) => backend_error(e),
     }
 }
 
