@@ -163,6 +163,8 @@ struct HubState {
     streams: HashMap<StreamKey, LocalStream>,
     /// Which users are in which room through this node; the only place that decides it.
     membership: Membership,
+    /// Streams whose gap is being filled by a task of the pump's.
+    filling: std::collections::HashSet<StreamKey>,
 }
 
 struct LocalStream {
@@ -515,7 +517,7 @@ impl Hub {
                 event = events.recv() => match event {
                     Some(event) => {
                         metrics::gauge!(crate::metrics::BROKER_QUEUE_DEPTH).set(events.len() as f64);
-                        self.apply(event).await
+                        self.apply_without_waiting(event).await
                     }
                     None => return,
                 },
@@ -535,6 +537,33 @@ impl Hub {
     }
 
     /// Applies one broker event.
+    /// [`Hub::apply`] for the pump: a gap is filled in a task of its own (one per stream at a
+    /// time), so the pump goes on delivering every other stream while one stream's missing
+    /// messages are fetched. The stream's later messages wait in its pending buffer meanwhile.
+    async fn apply_without_waiting(self: &Arc<Self>, event: BrokerEvent) {
+        let BrokerEvent::Message {
+            stream,
+            message,
+            frame,
+        } = event
+        else {
+            return self.apply(event).await;
+        };
+        if !self.on_message(&stream, message, frame) {
+            return;
+        }
+        if !self.lock().filling.insert(stream.clone()) {
+            return; // a fill of this stream is running; it delivers what is pending after it
+        }
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            // A failure leaves the stream marked; the retry tick tries again.
+            let _ = hub.sync_stream(&stream).await;
+            hub.lock().filling.remove(&stream);
+        });
+    }
+
+    /// Applies one broker event, filling a gap before it returns.
     pub async fn apply(self: &Arc<Self>, event: BrokerEvent) {
         match event {
             BrokerEvent::Message {
@@ -607,6 +636,7 @@ impl Hub {
         let HubState {
             streams,
             membership,
+            ..
         } = &mut *state;
         if let Some(at) = n.presence_seq
             && !membership.observe_notice(&n.room_id, &n.user_id, at)
