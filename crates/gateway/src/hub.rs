@@ -148,9 +148,9 @@ pub struct Attached {
 /// See the module docs.
 pub struct Hub {
     state: Mutex<HubState>,
-    /// Serializes subscribe/unsubscribe so an unsubscribe of an emptied stream cannot overtake the
-    /// subscribe of a new first member.
-    sub_lock: tokio::sync::Mutex<()>,
+    /// Per stream: serializes its subscribe/unsubscribe so an unsubscribe of an emptied stream
+    /// cannot overtake the subscribe of a new first member (see [`Hub::transition_lock`]).
+    sub_locks: std::sync::Mutex<HashMap<StreamKey, Arc<tokio::sync::Mutex<()>>>>,
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
     next_conn: AtomicU64,
@@ -281,7 +281,7 @@ impl Hub {
     pub fn new(store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Arc<Self> {
         Arc::new(Hub {
             state: Mutex::new(HubState::default()),
-            sub_lock: tokio::sync::Mutex::new(()),
+            sub_locks: std::sync::Mutex::new(HashMap::new()),
             store,
             broker,
             next_conn: AtomicU64::new(1),
@@ -313,7 +313,8 @@ impl Hub {
         if let Some(attached) = self.attach_if_ready(key, conn) {
             return Ok(attached);
         }
-        let _transition = self.sub_lock.lock().await;
+        let transition = self.transition_lock(key);
+        let _transition = transition.lock().await;
         if let Some(attached) = self.attach_if_ready(key, conn) {
             return Ok(attached);
         }
@@ -455,10 +456,24 @@ impl Hub {
         last
     }
 
+    /// The lock that orders one stream's subscribe and unsubscribe transitions. Per stream, so a
+    /// slow subscription of one room never holds up a first join of another.
+    fn transition_lock(&self, key: &StreamKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .sub_locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Forget locks nobody holds or waits for, so the map stays as small as the transitions
+        // in flight.
+        locks.retain(|k, lock| k == key || Arc::strong_count(lock) > 1);
+        locks.entry(key.clone()).or_default().clone()
+    }
+
     fn schedule_unsubscribe(self: &Arc<Self>, key: StreamKey) {
         let hub = Arc::clone(self);
         tokio::spawn(async move {
-            let _transition = hub.sub_lock.lock().await;
+            let transition = hub.transition_lock(&key);
+            let _transition = transition.lock().await;
             let emptied = {
                 let mut state = hub.lock();
                 let empty = state.streams.get(&key).is_some_and(|s| s.conns.is_empty());
