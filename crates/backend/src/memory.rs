@@ -201,6 +201,7 @@ fn message_from(draft: &Draft, room: Option<&RoomId>, to: Option<&UserId>, ts: u
         ts,
         client_msg_id: draft.client_msg_id.clone(),
         replay: false,
+        resend: false,
     }
 }
 
@@ -440,6 +441,15 @@ impl Store for Shared {
         Ok(log
             .map(|l| l.range(after, through, max, min_ts))
             .unwrap_or_default())
+    }
+
+    async fn oldest(&self, stream: &StreamKey) -> Result<Option<u64>> {
+        let state = self.state.lock().await;
+        let log = match stream {
+            StreamKey::Room(id) => state.rooms.get(id).map(|r| &r.log),
+            StreamKey::Inbox(user) => state.inboxes.get(user),
+        };
+        Ok(log.and_then(|l| l.entries.front()).map(|m| m.seq))
     }
 
     async fn history(
