@@ -25,6 +25,7 @@ pub struct Settings {
     pub offline: OfflineSettings,
     pub presence: PresenceSettings,
     pub cluster: ClusterSettings,
+    pub delivery: DeliverySettings,
     pub redis: RedisSettings,
     pub log: LogSettings,
     pub web: WebSettings,
@@ -95,6 +96,16 @@ pub struct PresenceSettings {
 #[allow(missing_docs)]
 pub struct ClusterSettings {
     pub sync_interval_secs: u64,
+}
+
+/// `[delivery]`: resend on missing acks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct DeliverySettings {
+    pub ack_timeout_secs: u64,
+    pub max_retries: u32,
+    pub max_unacked: usize,
 }
 
 /// `[redis]`
@@ -212,6 +223,9 @@ impl Settings {
         if self.cluster.sync_interval_secs == 0 {
             return invalid("cluster.sync_interval_secs must be at least 1");
         }
+        if self.delivery.ack_timeout_secs == 0 || self.delivery.max_unacked == 0 {
+            return invalid("delivery.ack_timeout_secs and delivery.max_unacked must be positive");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format must be \"text\" or \"json\"");
         }
@@ -231,6 +245,15 @@ impl Settings {
     /// Heartbeat ping period.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.heartbeat.interval_secs)
+    }
+
+    /// The resend policy of acking connections.
+    pub fn delivery_policy(&self) -> crate::delivery::Policy {
+        crate::delivery::Policy {
+            ack_timeout: Duration::from_secs(self.delivery.ack_timeout_secs),
+            max_retries: self.delivery.max_retries,
+            max_unacked: self.delivery.max_unacked,
+        }
     }
 
     /// Silence after which a connection is reaped.
@@ -266,6 +289,9 @@ mod tests {
         assert_eq!(s.redis.prefix, "chat:");
         assert!(s.redis.url.is_empty());
         assert_eq!(s.web.default_rooms, ["lobby", "games", "music", "tech"]);
+        assert_eq!(s.delivery.ack_timeout_secs, 10);
+        assert_eq!(s.delivery.max_retries, 3);
+        assert_eq!(s.delivery.max_unacked, 1024);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   notices.
 //! - [`session`]: one connection's protocol logic, testable without a socket.
 //! - [`ws`]: the socket driver around a session.
+//! - [`delivery`]: resend on missing acks (pure state machine the session drives).
 //! - [`http`]: the routes.
 //! - [`web`]: the browser chat's embedded page and client library.
 //! - [`presence`]: keeps this node's presence alive in the cluster and reaps dead nodes' users.
@@ -15,6 +16,7 @@
 //! and waits for them.
 
 pub mod config;
+pub mod delivery;
 pub mod http;
 pub mod hub;
 pub mod membership;
