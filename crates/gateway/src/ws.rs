@@ -1,8 +1,9 @@
 //! The socket driver: connects a [`Session`] to a real WebSocket.
 //!
 //! One task per connection owns the socket and the session and `select!`s over: frames from the
-//! client, the hub's bounded outbound queue, the heartbeat timer, a kill switch (slow consumer) and
-//! node shutdown. Writes are coalesced: everything already queued is fed to the sink and then
+//! client, the hub's bounded outbound queue, the heartbeat timer, the session's ack deadline
+//! (resend, or close with 4002; see [`crate::delivery`]), a kill switch (slow consumer) and node
+//! shutdown. Writes are coalesced: everything already queued is fed to the sink and then
 //! flushed once.
 
 use std::sync::Arc;
@@ -109,6 +110,11 @@ async fn run(
                     Message::Close(_) => return Ending::Gone,
                 }
             }
+            _ = resend_deadline(session.next_resend()) => {
+                if session.on_resend_due().is_err() {
+                    return Ending::Close(close::ACK_TIMEOUT, "messages not acknowledged");
+                }
+            }
             _ = ping.tick() => {
                 if timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
                     return Ending::Gone;
@@ -128,18 +134,23 @@ async fn write_batch(
     first: Option<Outbound>,
 ) -> Result<(), ()> {
     let replies: Vec<_> = session.take_replies().collect();
+    // Each mark with its frame: an acking client's session keeps the (shared) frame for resending.
     let mut marks = Vec::new();
     for reply in replies {
+        if let Some(mark) = reply.mark {
+            marks.push((mark, reply.text.clone()));
+        }
         sink.feed(Message::Text(reply.text)).await.map_err(|_| ())?;
-        marks.extend(reply.mark);
     }
     let mut next = first;
     let mut written = 0;
     while let Some(item) = next.take() {
         match item {
             Outbound::Frame { text, mark } => {
+                if let Some(mark) = mark {
+                    marks.push((mark, text.clone()));
+                }
                 sink.feed(Message::Text(text)).await.map_err(|_| ())?;
-                marks.extend(mark);
             }
             Outbound::Left(room) => session.on_left(&room),
         }
@@ -149,10 +160,18 @@ async fn write_batch(
         }
     }
     sink.flush().await.map_err(|_| ())?;
-    for mark in &marks {
-        session.on_delivered(mark);
+    for (mark, text) in &marks {
+        session.on_written(mark, text);
     }
     Ok(())
+}
+
+/// Resolves at the session's next ack deadline; never when it has none.
+async fn resend_deadline(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A read error: an oversized frame gets 1009, anything else means the connection is broken.
