@@ -123,7 +123,11 @@ async fn main() {
                     Some(Ok(Message::Text(t))) => {
                         if args.raw { println!("{t}"); }
                         let Ok(frame) = ServerFrame::decode(t.as_str()) else { continue };
-                        if !args.raw {
+                        // A resend of a message already shown (the server did not see our ack in
+                        // time) is not shown twice.
+                        let seen = matches!(&frame, ServerFrame::Message(m) if m.resend
+                            && m.room_id.as_ref().and_then(|r| rooms.get(r.as_str())).is_some_and(|p| p.seq >= m.seq));
+                        if !args.raw && !seen {
                             let line = show(&frame, &args.user);
                             if !line.is_empty() { println!("{line}"); }
                         }
@@ -233,7 +237,8 @@ fn command(
     }
 }
 
-/// Remembers positions and returns the ack for a room message.
+/// Remembers positions and returns the ack for a message: a room message, or a direct message
+/// (the server resends what an acking connection leaves unacknowledged, inbox included).
 fn track(frame: &ServerFrame, rooms: &mut BTreeMap<String, RoomPos>) -> Option<Value> {
     match frame {
         ServerFrame::Joined(j) => {
@@ -244,6 +249,9 @@ fn track(frame: &ServerFrame, rooms: &mut BTreeMap<String, RoomPos>) -> Option<V
                 pos.seq = pos.seq.min(j.seq);
             }
             None
+        }
+        ServerFrame::Message(m) if m.room_id.is_none() => {
+            Some(json!({"event": "ack", "direct": true, "seq": m.seq, "epoch": m.epoch}))
         }
         ServerFrame::Message(m) => {
             let room = m.room_id.as_ref()?;
