@@ -645,9 +645,10 @@ impl RedisServer {
         }
     }
 
-    /// Stops it cleanly (SIGTERM: Redis writes and fsyncs its AOF before exiting) and starts it
-    /// again on the same port and data directory. With AOF, everything written survives.
-    pub async fn restart_graceful(&mut self) {
+    /// Stops it cleanly (SIGTERM: Redis writes and fsyncs its AOF before exiting), leaves it down
+    /// for `down`, and starts it again on the same port and data directory. With AOF, everything
+    /// written survives.
+    pub async fn restart_graceful(&mut self, down: Duration) {
         send_signal(self.proc.pid, "TERM");
         if self.proc.wait_exit(Duration::from_secs(20)).await.is_none() {
             panic!(
@@ -655,6 +656,7 @@ impl RedisServer {
                 file_tail(&self.proc.log, 40)
             );
         }
+        tokio::time::sleep(down).await;
         self.restart().await;
     }
 

@@ -5,9 +5,13 @@
 //! like a real client: they retry unconfirmed posts with the same `clientMsgId` (after
 //! `unavailable`, a timeout or a reconnect), resume with `since` + `epoch` on any node, and ack
 //! (one of them lazily, every 2.5 s, so the server's resend on missing acks runs too). Meanwhile:
-//! a gateway is killed with SIGKILL and restarted, Redis is restarted (gracefully: the AOF keeps
-//! everything), every gateway's pub/sub connection is dropped (`CLIENT KILL TYPE pubsub`), and a
-//! gateway is frozen with SIGSTOP for a few seconds.
+//! a gateway is killed with SIGKILL and restarted, Redis is stopped for 2 s and restarted
+//! (gracefully: the AOF keeps everything), every gateway's pub/sub connection is dropped (`CLIENT
+//! KILL TYPE pubsub`), writes are paused past the gateways' command timeout (`CLIENT PAUSE`: posts
+//! answered `unavailable` are stored anyway, and their retries get the original receipt), and a
+//! gateway is frozen with SIGSTOP for 4 s. Each client also drops its own connection right after
+//! every 40th post (a network blip: the post is stored, its `sent` lost, the retry on the next node
+//! must return the same seq).
 //!
 //! At the end: every client has every message of its rooms exactly once after dedup by (room,
 //! epoch, seq), in seq order; every post that got a `sent` is in history (once); after another
@@ -41,6 +45,8 @@ const LAZY_ACK_EVERY: Duration = Duration::from_millis(2500);
 /// A resend or replay of something acked longer ago than this counts as acked-then-resent (a
 /// shorter window is the ordinary race of an ack in flight with a resend).
 const ACK_SETTLED: Duration = Duration::from_secs(5);
+/// Every this many posts a client drops its connection right after sending one.
+const BLIP_EVERY: u64 = 40;
 /// After the posting stops: bound on waiting for every client to have everything.
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -70,6 +76,14 @@ struct Stats {
     acked_resent: u64,
     reconnects: u64,
     posted: u64,
+    /// Posts sent again with the same clientMsgId (after `unavailable`, a timeout or a reconnect).
+    retried: u64,
+    /// `unavailable` errors for posts.
+    unavailable: u64,
+    /// `sent` receipts flagged `duplicate` (a retry of a post already stored).
+    duplicate_receipts: u64,
+    /// Connections the client dropped itself right after a post.
+    blips: u64,
     longest_gap: Duration,
     unexpected_errors: Vec<String>,
 }
@@ -155,6 +169,9 @@ impl ClientState {
             ServerFrame::Message(m) => self.on_message(m, posting),
             ServerFrame::Sent(sent) => {
                 let id = sent.client_msg_id.unwrap_or_default();
+                if sent.duplicate {
+                    self.stats.duplicate_receipts += 1;
+                }
                 if let Some(post) = self.outbox.remove(&id) {
                     self.confirmed.push((post.room, sent.epoch, sent.seq, id));
                 }
@@ -163,6 +180,7 @@ impl ClientState {
             ServerFrame::Error(e) => {
                 match (e.code, e.reference) {
                     (ErrorCode::Unavailable, Some(id)) => {
+                        self.stats.unavailable += 1;
                         // Retry soon, with the same clientMsgId.
                         if let Some(post) = self.outbox.get_mut(&id) {
                             post.last_sent = None;
@@ -266,11 +284,13 @@ impl ClientState {
     /// Posts due for a retry (never sent on this connection, or unconfirmed for RETRY_AFTER).
     fn due_retries(&mut self, all: bool) -> Vec<Value> {
         let now = Instant::now();
+        let retried = &mut self.stats.retried;
         self.outbox
             .iter_mut()
             .filter(|(_, p)| all || p.last_sent.is_none_or(|t| now.duration_since(t) >= RETRY_AFTER))
             .map(|(id, p)| {
                 p.last_sent = Some(now);
+                *retried += 1;
                 json!({"event": "message", "roomId": p.room, "content": p.content, "clientMsgId": id})
             })
             .collect()
@@ -400,7 +420,22 @@ async fn session(
                     return End::Stop;
                 }
                 if shared.posting.load(Ordering::Relaxed) {
-                    out.push(lock(client).new_post());
+                    let (post, blip) = {
+                        let mut c = lock(client);
+                        let post = c.new_post();
+                        let blip = c.next_post.is_multiple_of(BLIP_EVERY);
+                        if blip {
+                            c.stats.blips += 1;
+                        }
+                        (post, blip)
+                    };
+                    if blip {
+                        // A network blip right after a post: the server stores it, the `sent`
+                        // is lost, and the retry (on the next node) must get the same seq.
+                        let _ = send(ws, post).await;
+                        return End::Failed;
+                    }
+                    out.push(post);
                 }
             }
             _ = retry_tick.tick() => out.extend(lock(client).due_retries(false)),
@@ -563,21 +598,27 @@ async fn no_message_is_lost_under_chaos() {
     cluster.nodes[0].restart().await;
     wait_ready(&cluster.nodes[..1]).await;
 
-    at(12).await;
-    eprintln!("chaos: restart redis (AOF)");
-    cluster.redis.restart_graceful().await;
+    at(11).await;
+    eprintln!("chaos: restart redis (AOF), down for 2 s");
+    cluster.redis.restart_graceful(Duration::from_secs(2)).await;
     wait_ready(&cluster.nodes).await;
 
-    at(19).await;
+    at(18).await;
     eprintln!("chaos: CLIENT KILL TYPE pubsub");
     let killed = cluster.redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     eprintln!("chaos: pub/sub connections dropped: {killed}");
 
-    at(24).await;
+    // Writes stall longer than the gateways' command timeout: posts answer `unavailable` yet are
+    // stored when the pause ends, so the clients' retries get the original receipts.
+    at(21).await;
+    eprintln!("chaos: CLIENT PAUSE 2500 WRITE");
+    cluster.redis_cli(&["CLIENT", "PAUSE", "2500", "WRITE"]);
+
+    at(26).await;
     eprintln!("chaos: SIGSTOP gateway n2 for 4 s");
     let frozen = cluster.nodes[1].pid();
     send_signal(frozen, "STOP");
-    at(28).await;
+    at(30).await;
     send_signal(frozen, "CONT");
 
     at(POSTING.as_secs()).await;
@@ -665,6 +706,10 @@ async fn no_message_is_lost_under_chaos() {
         total.acked_resent += s.acked_resent;
         total.reconnects += s.reconnects;
         total.posted += s.posted;
+        total.retried += s.retried;
+        total.unavailable += s.unavailable;
+        total.duplicate_receipts += s.duplicate_receipts;
+        total.blips += s.blips;
         total.longest_gap = total.longest_gap.max(s.longest_gap);
         total
             .unexpected_errors
@@ -690,14 +735,18 @@ async fn no_message_is_lost_under_chaos() {
     println!(
         "chaos: posted={} confirmed={posted_confirmed} unconfirmed={unconfirmed} delivered={delivered} \
          frames={} duplicates_before_dedup={} resends={} lost={lost} longest_gap_ms={} \
-         reconnects={} out_of_order={} epoch_changes={} not_recovered={} acked_then_resent={} \
-         run_secs={run_secs:.1}",
+         reconnects={} blips={} post_retries={} unavailable={} duplicate_receipts={} out_of_order={} \
+         epoch_changes={} not_recovered={} acked_then_resent={} run_secs={run_secs:.1}",
         total.posted,
         total.frames,
         total.duplicates,
         total.resends,
         total.longest_gap.as_millis(),
         total.reconnects,
+        total.blips,
+        total.retried,
+        total.unavailable,
+        total.duplicate_receipts,
         total.out_of_order,
         total.epoch_changes,
         total.not_recovered,
@@ -729,6 +778,10 @@ async fn no_message_is_lost_under_chaos() {
         "something acked was resent or replayed"
     );
     assert!(
+        total.duplicate_receipts > 0,
+        "no retry met a stored post: the blips did not exercise idempotency"
+    );
+    assert!(
         total.unexpected_errors.is_empty(),
         "{:#?}",
         total.unexpected_errors
@@ -749,7 +802,7 @@ async fn no_message_is_lost_under_chaos() {
             room_counts(node, room).await
         );
     }
-    cluster.redis.restart_graceful().await;
+    cluster.redis.restart_graceful(Duration::ZERO).await;
     wait_ready(&cluster.nodes).await;
     for (i, c) in clients.iter().enumerate() {
         let (user, rooms) = {
