@@ -184,7 +184,9 @@ impl<F: Clone> Tracker<F> {
         } else {
             self.policy.max_unacked.min(PRE_ACK_WINDOW)
         };
-        let tail = self.tail(stream, epoch);
+        let Some(tail) = self.tail(stream, epoch) else {
+            return;
+        };
         if seq <= tail.last || seq <= tail.acked {
             // Written again (a login's replay of what it already had): the first write stands.
             return;
@@ -222,7 +224,9 @@ impl<F: Clone> Tracker<F> {
             self.acking = true;
             self.acking_since = Some(now);
         }
-        let tail = self.tail(stream, epoch);
+        let Some(tail) = self.tail(stream, epoch) else {
+            return;
+        };
         if tail.last < delivered {
             // Written before tracking began (before the first ack, or before this stream's epoch
             // was seen here): not kept, so it must be acknowledged before a resend can be whole.
@@ -292,15 +296,17 @@ impl<F: Clone> Tracker<F> {
     }
 
     /// The stream's state, started over if the log's epoch changed (old seqs mean nothing now).
-    fn tail(&mut self, stream: &StreamKey, epoch: &Arc<str>) -> &mut Tail<F> {
-        let tail = self
-            .tails
-            .entry(stream.clone())
-            .or_insert_with(|| Tail::new(epoch));
-        if tail.epoch != *epoch {
+    /// Called for every frame written: the key is cloned only when the stream is new, and the
+    /// epoch (shared by the hub for a whole epoch) is compared by pointer first.
+    fn tail(&mut self, stream: &StreamKey, epoch: &Arc<str>) -> Option<&mut Tail<F>> {
+        if !self.tails.contains_key(stream) {
+            self.tails.insert(stream.clone(), Tail::new(epoch));
+        }
+        let tail = self.tails.get_mut(stream)?;
+        if !Arc::ptr_eq(&tail.epoch, epoch) && tail.epoch != *epoch {
             *tail = Tail::new(epoch);
         }
-        tail
+        Some(tail)
     }
 }
 

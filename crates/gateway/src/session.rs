@@ -246,25 +246,29 @@ impl Session {
 
     /// A frame carrying `mark` reached the socket.
     pub fn on_delivered(&mut self, mark: &Mark) {
+        self.delivered(mark);
+    }
+
+    /// Records a delivered position; false when the stream is no longer this connection's.
+    fn delivered(&mut self, mark: &Mark) -> bool {
         let progress = match mark.stream.as_ref() {
             StreamKey::Room(room) => self.rooms.get_mut(room),
             StreamKey::Inbox(_) => self.inbox.as_mut(),
         };
-        if let Some(p) = progress {
-            p.follow(&mark.epoch);
-            p.delivered = p.delivered.max(mark.seq);
+        match progress {
+            Some(p) => {
+                p.follow(&mark.epoch);
+                p.delivered = p.delivered.max(mark.seq);
+                true
+            }
+            None => false,
         }
     }
 
     /// A frame carrying `mark` reached the socket; `text` is the frame itself, kept (shared, not
     /// copied) for resending while an acking client has not acknowledged it.
     pub fn on_written(&mut self, mark: &Mark, text: &Utf8Bytes) {
-        self.on_delivered(mark);
-        let tracked = match mark.stream.as_ref() {
-            StreamKey::Room(room) => self.rooms.contains_key(room),
-            StreamKey::Inbox(_) => self.inbox.is_some(),
-        };
-        if tracked {
+        if self.delivered(mark) {
             self.tracker
                 .on_written(&mark.stream, &mark.epoch, mark.seq, text, now());
         }
