@@ -631,6 +631,13 @@ mod tests {
             .await
             .expect("history");
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4]);
+        let stream = StreamKey::Room(room.clone());
+        assert_eq!(
+            backend.store.oldest(&stream).await.expect("oldest"),
+            Some(3)
+        );
+        let empty = StreamKey::Room(id("empty"));
+        assert_eq!(backend.store.oldest(&empty).await.expect("oldest"), None);
     }
 
     #[tokio::test]
