@@ -266,10 +266,23 @@ fn track(frame: &ServerFrame, rooms: &mut BTreeMap<String, RoomPos>) -> Option<V
 
 fn show(frame: &ServerFrame, me: &str) -> String {
     match frame {
-        ServerFrame::Joined(j) => format!(
-            "* joined {} ({}) — {} online, {} members, {} missed messages follow",
-            j.room_id, j.room_name, j.num, j.total, j.replayed
-        ),
+        ServerFrame::Joined(j) => {
+            let mut line = format!(
+                "* joined {} ({}) — {} online, {} members, {} missed messages follow",
+                j.room_id, j.room_name, j.num, j.total, j.replayed
+            );
+            if !j.recovered {
+                // An honest gap: some of what was missed is not replayed.
+                line.push_str(&match j.oldest_seq {
+                    Some(oldest) => format!(
+                        "\n* [{}] ── gap: some missed messages are gone; history holds seq {oldest} and later ──",
+                        j.room_id
+                    ),
+                    None => format!("\n* [{}] ── gap: some missed messages are gone ──", j.room_id),
+                });
+            }
+            line
+        }
         ServerFrame::Login(n) => format!(
             "* [{}] {} came online — {} online / {} members",
             n.room_id, n.user_name, n.num, n.total
