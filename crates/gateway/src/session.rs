@@ -17,6 +17,11 @@
 //! A frame counts as delivered only once the driver has flushed it to the socket: replies carry
 //! the same delivery [`Mark`]s as live frames, so a replay that never reached the client does
 //! not move its cursor.
+//!
+//! Resend on missing acks: every written message frame is also handed, with its mark, to a
+//! [`Tracker`] (see [`crate::delivery`]); once the connection acks, the tracker's deadline makes
+//! the driver call [`Session::on_resend_due`], which queues the unacknowledged tail again or gives
+//! the connection up (the driver closes it with 4002).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
