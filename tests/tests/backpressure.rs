@@ -11,7 +11,9 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     let gw = Gateway::start(&[
         ("CHAT__LIMITS__MAX_CONTENT_BYTES", "60000"),
         ("CHAT__LIMITS__OUTBOUND_QUEUE", "8"),
-        ("CHAT__LIMITS__WRITE_TIMEOUT_SECS", "2"),
+        // The stuck client is cut when its queue fills; the write timeout only has to stay longer
+        // than any stall of the (reading) poster on a busy machine.
+        ("CHAT__LIMITS__WRITE_TIMEOUT_SECS", "8"),
     ])
     .await;
     // Logs in, then never reads again: the kernel buffers fill, then its queue.

@@ -161,7 +161,7 @@ async fn a_killed_node_leaves_no_zombie_users() {
     assert!(gone.iter().all(|g| g.2 == 3), "they are still members");
     assert_eq!(room_counts(&cluster.nodes[0], "r").await, Some((1, 3)));
     assert_eq!(
-        cluster.redis_cli(&["ZRANGE", "chat:room:r:online", "0", "-1"]),
+        cluster.redis_cli(&["ZRANGE", "chat:room:{r}:online", "0", "-1"]),
         "ann"
     );
 }
@@ -264,7 +264,7 @@ async fn a_dropped_subscription_is_restored_and_the_gap_filled_from_history() {
     assert_consecutive(&mine, 1);
 
     // Both nodes are subscribed again.
-    let numsub = || cluster.redis_cli(&["PUBSUB", "NUMSUB", "chat:room:r"]);
+    let numsub = || cluster.redis_cli(&["PUBSUB", "NUMSUB", "chat:room:{r}"]);
     assert!(
         wait_until(Duration::from_secs(10), || async {
             numsub().ends_with('2')
@@ -321,26 +321,29 @@ fn documented_keys() -> Vec<(String, String)> {
     rows
 }
 
-/// Matches a key against a documented pattern where `{r}` and `{u}` stand for an id.
+/// Matches a key against a documented pattern where `{r}` and `{u}` stand for an id inside its
+/// literal braces (the Redis Cluster hash tag): `chat:room:{r}:meta` matches
+/// `chat:room:{lobby}:meta`.
 fn matches_pattern(key: &str, pattern: &str) -> bool {
     let mut rest = key;
-    let mut parts = pattern.split(['{', '}']).enumerate().peekable();
-    while let Some((i, part)) = parts.next() {
+    for (i, part) in pattern.split(['{', '}']).enumerate() {
         if i % 2 == 0 {
             let Some(after) = rest.strip_prefix(part) else {
                 return false;
             };
             rest = after;
         } else {
-            // An id: up to the next literal part (ids contain no such suffix in our scenario).
-            let next_literal = parts.peek().map(|(_, p)| *p).unwrap_or("");
-            if next_literal.is_empty() {
-                return !rest.is_empty();
+            // A tagged id: `{`, the id, `}`, then the next literal part.
+            let Some(after_brace) = rest.strip_prefix('{') else {
+                return false;
+            };
+            let Some(end) = after_brace.find('}') else {
+                return false;
+            };
+            if end == 0 {
+                return false;
             }
-            match rest.find(next_literal) {
-                Some(0) | None => return false,
-                Some(pos) => rest = &rest[pos..],
-            }
+            rest = &after_brace[end + 1..];
         }
     }
     rest.is_empty()
@@ -391,21 +394,21 @@ async fn the_keys_in_redis_are_the_documented_ones() {
         }
     }
     // The documented redis-cli reads work.
-    let members = cluster.redis_cli(&["SMEMBERS", "chat:room:r1:members"]);
+    let members = cluster.redis_cli(&["SMEMBERS", "chat:room:{r1}:members"]);
     let mut members: Vec<&str> = members.lines().collect();
     members.sort();
     assert_eq!(members, vec!["ann", "bob"]);
     assert_eq!(
-        cluster.redis_cli(&["ZRANGE", "chat:room:r1:online", "0", "-1"]),
+        cluster.redis_cli(&["ZRANGE", "chat:room:{r1}:online", "0", "-1"]),
         "ann"
     );
-    let log = cluster.redis_cli(&["ZRANGE", "chat:room:r1:log", "0", "-1"]);
+    let log = cluster.redis_cli(&["ZRANGE", "chat:room:{r1}:log", "0", "-1"]);
     let first: Value = chat_tests::serde_json::from_str(log.lines().next().unwrap_or("{}"))
         .expect("log entries are JSON");
     assert_eq!(first["content"], "hello");
     // A cursor is `seq:epoch`: a seq means nothing without the log it belongs to.
-    let cursor = cluster.redis_cli(&["HGET", "chat:user:bob:cursors", "r1"]);
-    let epoch = cluster.redis_cli(&["HGET", "chat:room:r1:meta", "epoch"]);
+    let cursor = cluster.redis_cli(&["HGET", "chat:user:{bob}:cursors", "r1"]);
+    let epoch = cluster.redis_cli(&["HGET", "chat:room:{r1}:meta", "epoch"]);
     assert_eq!(cursor, format!("1:{epoch}"));
 }
 
@@ -432,9 +435,9 @@ async fn nodes_subscribe_to_a_room_only_while_they_have_members_there() {
     };
     let mut ann = cluster.client(0, "ann").await;
     ann.login("lounge", "ann", "Ann").await;
-    assert_eq!(numsub("chat:room:lounge"), 1);
+    assert_eq!(numsub("chat:room:{lounge}"), 1);
     assert_eq!(
-        numsub("chat:user:ann"),
+        numsub("chat:user:{ann}"),
         1,
         "the inbox channel of a connected user"
     );
@@ -443,19 +446,19 @@ async fn nodes_subscribe_to_a_room_only_while_they_have_members_there() {
     let mut bob2 = cluster.client(1, "bob on the same node").await;
     bob2.login("lounge", "bob", "Bob").await;
     assert_eq!(
-        numsub("chat:room:lounge"),
+        numsub("chat:room:{lounge}"),
         2,
         "one subscription per node, not per connection"
     );
     assert_eq!(
         cluster.redis_cli(&["PUBSUB", "CHANNELS", "chat:room:*"]),
-        "chat:room:lounge"
+        "chat:room:{lounge}"
     );
 
     bob.close().await;
     bob2.close().await;
     let unsubscribed = wait_until(Duration::from_secs(10), || async {
-        numsub("chat:room:lounge") == 1
+        numsub("chat:room:{lounge}") == 1
     })
     .await;
     assert!(
@@ -464,14 +467,14 @@ async fn nodes_subscribe_to_a_room_only_while_they_have_members_there() {
     );
     assert!(
         wait_until(Duration::from_secs(10), || async {
-            numsub("chat:user:bob") == 0
+            numsub("chat:user:{bob}") == 0
         })
         .await
     );
     ann.send_json(json!({"event":"logout","roomId":"lounge"}))
         .await;
     let empty = wait_until(Duration::from_secs(10), || async {
-        numsub("chat:room:lounge") == 0
+        numsub("chat:room:{lounge}") == 0
     })
     .await;
     assert!(empty, "no node needs the room any more");
@@ -682,4 +685,81 @@ async fn no_gaps_for_anyone_when_a_node_dies_under_load() {
             "{user} (node {node}) got every message exactly once"
         );
     }
+}
+
+/// docs/redis.md's upgrade step: deploy/migrate-to-hash-tags renames keys of the untagged layout
+/// so that a gateway of this version reads them.
+#[tokio::test]
+async fn the_migration_script_renames_untagged_keys() {
+    let redis = RedisServer::start().await;
+    let port = redis.port().to_string();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    cli(&[
+        "HSET",
+        "chat:room:lobby:meta",
+        "name",
+        "Lobby",
+        "epoch",
+        "e1",
+        "seq",
+        "1",
+    ]);
+    cli(&[
+        "ZADD",
+        "chat:room:lobby:log",
+        "1",
+        r#"{"event":"message","seq":1,"epoch":"e1","ts":1,"roomId":"lobby","userId":"ann","userName":"Ann","content":"old"}"#,
+    ]);
+    cli(&["SADD", "chat:room:lobby:members", "ann"]);
+    cli(&["HSET", "chat:user:ann:cursors", "lobby", "1:e1"]);
+    cli(&[
+        "HSET",
+        "chat:user:ann:inbox:meta",
+        "epoch",
+        "e2",
+        "seq",
+        "0",
+    ]);
+    cli(&["SADD", "chat:rooms", "lobby"]);
+    let script = chat_tests::workspace_root().join("deploy/migrate-to-hash-tags");
+    let out = std::process::Command::new(&script)
+        .args(["-p", &port])
+        .output()
+        .expect("the script runs");
+    assert!(out.status.success(), "{out:?}");
+    let mut keys: Vec<String> = cli(&["--scan", "--pattern", "chat:*"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "chat:room:{lobby}:log",
+            "chat:room:{lobby}:members",
+            "chat:room:{lobby}:meta",
+            "chat:rooms",
+            "chat:user:{ann}:cursors",
+            "chat:user:{ann}:inbox:meta",
+        ]
+    );
+
+    // A gateway of this version serves the migrated room: history and membership are there.
+    let gw = Gateway::start(&[("CHAT__REDIS__URL", redis.url().as_str())]).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            gw.get("/readyz").await.status == 200
+        })
+        .await
+    );
+    let page = gw.get("/api/rooms/lobby/messages").await.json();
+    assert_eq!(page["epoch"], "e1");
+    assert_eq!(page["messages"][0]["content"], "old");
 }

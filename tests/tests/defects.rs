@@ -208,9 +208,12 @@ async fn a_presence_refresh_never_brings_back_a_user_who_logged_out() {
         .filter(|f| matches!(f, ServerFrame::Login(n) if n.user_id.as_str() == "u"))
         .collect();
     assert!(resurrected.is_empty(), "u came back: {resurrected:?}");
-    assert_eq!(cluster.redis_cli(&["SMEMBERS", "chat:room:r:members"]), "w");
     assert_eq!(
-        cluster.redis_cli(&["ZSCORE", "chat:room:r:online", "u"]),
+        cluster.redis_cli(&["SMEMBERS", "chat:room:{r}:members"]),
+        "w"
+    );
+    assert_eq!(
+        cluster.redis_cli(&["ZSCORE", "chat:room:{r}:online", "u"]),
         ""
     );
     assert_eq!(room_counts(&cluster.nodes[1], "r").await, Some((1, 1)));
@@ -251,13 +254,16 @@ async fn a_lost_logout_notice_is_recovered_by_the_presence_refresh() {
     b.expect_error(ErrorCode::NotJoined).await;
     assert!(
         wait_until(Duration::from_secs(10), || async {
-            cluster.redis_cli(&["SMEMBERS", "chat:room:r:members"]) == "w"
+            cluster.redis_cli(&["SMEMBERS", "chat:room:{r}:members"]) == "w"
         })
         .await,
         "u must stay out of the room: {}",
-        cluster.redis_cli(&["SMEMBERS", "chat:room:r:members"])
+        cluster.redis_cli(&["SMEMBERS", "chat:room:{r}:members"])
     );
     // Several refreshes later u has not come back.
     watcher.stay_open_for(Duration::from_secs(2)).await;
-    assert_eq!(cluster.redis_cli(&["SMEMBERS", "chat:room:r:members"]), "w");
+    assert_eq!(
+        cluster.redis_cli(&["SMEMBERS", "chat:room:{r}:members"]),
+        "w"
+    );
 }

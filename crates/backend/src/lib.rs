@@ -87,6 +87,17 @@ pub trait Store: Send + Sync + 'static {
     /// The epoch and latest seq of a room log or inbox.
     async fn head(&self, stream: &StreamKey) -> Result<Head>;
 
+    /// The heads of many streams in one round trip, for a node comparing everything it delivers
+    /// with the store. `None` for a stream whose log has no epoch yet (never used, or its data was
+    /// lost): [`Store::head`] creates one.
+    async fn heads(&self, streams: &[StreamKey]) -> Result<Vec<Option<Head>>> {
+        let mut heads = Vec::with_capacity(streams.len());
+        for stream in streams {
+            heads.push(Some(self.head(stream).await?));
+        }
+        Ok(heads)
+    }
+
     /// Messages of a stream with `after < seq <= through`, oldest first; when there are more than
     /// `max`, the newest `max`. Messages older than `min_ts` (ms) are left out.
     async fn range(
@@ -123,6 +134,16 @@ pub trait Store: Send + Sync + 'static {
         stream: &StreamKey,
         to: &Position,
     ) -> Result<bool>;
+
+    /// [`Store::advance_cursor`] for many (user, stream) pairs at once: how a node writes the acks
+    /// it batched. Backends that can should make this one round trip.
+    async fn advance_cursors(&self, batch: &[CursorUpdate]) -> Result<()> {
+        for update in batch {
+            self.advance_cursor(&update.user, &update.stream, &update.to)
+                .await?;
+        }
+        Ok(())
+    }
 
     /// Every room with its counts and latest seq.
     async fn rooms(&self) -> Result<Vec<RoomSummary>>;

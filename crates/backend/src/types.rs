@@ -50,6 +50,17 @@ impl Position {
     }
 }
 
+/// One entry of [`crate::Store::advance_cursors`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorUpdate {
+    /// Whose cursor.
+    pub user: UserId,
+    /// On which stream.
+    pub stream: StreamKey,
+    /// Where to move it (forward only, within the log's current epoch).
+    pub to: Position,
+}
+
 /// Online users and members of a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {

@@ -90,20 +90,20 @@ async fn two_nodes_see_each_others_posts_notices_and_direct_messages() {
         assert_eq!(dm.to_user_id, Some(user("bob")));
 
         // Garbage on a subscribed channel is skipped; the next good message still arrives, first.
-        raw(&server, &["PUBLISH", "chat:room:r", "not json"]).await;
+        raw(&server, &["PUBLISH", "chat:room:{r}", "not json"]).await;
         raw(
             &server,
             &[
                 "PUBLISH",
-                "chat:room:r",
+                "chat:room:{r}",
                 r#"{"event":"heartBeat","content":"pong"}"#,
             ],
         )
         .await;
         let elsewhere =
             r#"{"event":"login","roomId":"other","userId":"x","userName":"X","num":1,"total":1}"#;
-        raw(&server, &["PUBLISH", "chat:room:r", elsewhere]).await;
-        raw(&server, &["PUBLISH", "chat:room:r", "\u{1F600}"]).await;
+        raw(&server, &["PUBLISH", "chat:room:{r}", elsewhere]).await;
+        raw(&server, &["PUBLISH", "chat:room:{r}", "\u{1F600}"]).await;
         let posted = a
             .store
             .post(&r, &draft("ann", "after garbage"))
@@ -162,8 +162,8 @@ async fn killed_pubsub_connection_reconnects_resubscribes_and_announces_it() {
         .await;
         let channels = raw_strings(&server, &["PUBSUB", "CHANNELS", "chat:*"]).await;
         assert!(
-            channels.contains(&"chat:room:r".to_owned())
-                && channels.contains(&"chat:user:ann".to_owned()),
+            channels.contains(&"chat:room:{r}".to_owned())
+                && channels.contains(&"chat:user:{ann}".to_owned()),
             "{channels:?}"
         );
 
@@ -279,7 +279,7 @@ async fn redis_restart_fails_fast_then_recovers_with_a_new_epoch() {
         );
         // The channel that failed to subscribe while down was not silently kept.
         let channels = raw_strings(&_server, &["PUBSUB", "CHANNELS", "chat:*"]).await;
-        assert_eq!(channels, vec!["chat:room:r".to_owned()]);
+        assert_eq!(channels, vec!["chat:room:{r}".to_owned()]);
     })
     .await;
 }

@@ -6,9 +6,10 @@ mod redis_support;
 use std::time::Duration;
 
 use chat_backend::{
-    BackendError, BrokerEvent, Counts, Draft, JoinRequest, Position, Refreshed, StreamKey,
+    BackendError, BrokerEvent, Counts, CursorUpdate, Draft, JoinRequest, Position, Refreshed,
+    StreamKey,
 };
-use chat_protocol::ServerFrame;
+use chat_protocol::{ServerFrame, UserId};
 use redis_support::*;
 
 #[tokio::test]
@@ -294,12 +295,12 @@ async fn cursors_never_move_backwards_and_need_membership() {
         );
 
         // The cursors hash carries the offline-retention TTL.
-        let ttl = raw(&server, &["TTL", "chat:user:ann:cursors"]).await;
+        let ttl = raw(&server, &["TTL", "chat:user:{ann}:cursors"]).await;
         assert!(
             matches!(ttl, redis::Value::Int(t) if t > 0 && t <= 3600),
             "{ttl:?}"
         );
-        let fields = raw_strings(&server, &["HKEYS", "chat:user:ann:cursors"]).await;
+        let fields = raw_strings(&server, &["HKEYS", "chat:user:{ann}:cursors"]).await;
         assert!(fields.contains(&"r".to_owned()) && fields.contains(&"@ann".to_owned()));
     })
     .await;
@@ -364,13 +365,13 @@ async fn join_names_rooms_and_leave_removes_membership_presence_and_cursor() {
         assert_eq!(store.members(&r).await.expect("members"), vec![bob.clone()]);
         assert_eq!(store.cursor(&ann, &stream).await.expect("cursor"), None);
         assert!(matches!(
-            raw(&server, &["ZSCORE", "chat:room:r:online", "ann"]).await,
+            raw(&server, &["ZSCORE", "chat:room:{r}:online", "ann"]).await,
             redis::Value::Nil
         ));
-        let conns = raw_strings(&server, &["ZRANGE", "chat:room:r:conns", "0", "-1"]).await;
+        let conns = raw_strings(&server, &["ZRANGE", "chat:room:{r}:conns", "0", "-1"]).await;
         assert_eq!(conns, vec!["bob|n1".to_owned()]);
         assert!(matches!(
-            raw(&server, &["HGET", "chat:room:r:names", "ann"]).await,
+            raw(&server, &["HGET", "chat:room:{r}:names", "ann"]).await,
             redis::Value::Nil
         ));
         // A cursor for a non-member does not come back.
@@ -447,7 +448,7 @@ async fn presence_across_two_nodes() {
         let mut nodes = raw_strings(&server, &["ZRANGE", "chat:nodes", "0", "-1"]).await;
         nodes.sort();
         assert_eq!(nodes, vec!["node-a".to_owned(), "node-b".to_owned()]);
-        let conns = raw_strings(&server, &["ZRANGE", "chat:room:r:conns", "0", "-1"]).await;
+        let conns = raw_strings(&server, &["ZRANGE", "chat:room:{r}:conns", "0", "-1"]).await;
         assert_eq!(conns.len(), 2, "{conns:?}");
         a.store.refresh_presence(&[]).await.expect("empty refresh");
     })
@@ -497,7 +498,7 @@ async fn a_lost_meta_key_starts_a_new_epoch_with_a_clean_log() {
         let stream = StreamKey::Room(r.clone());
         post_all(store, &r, &["o1", "o2", "o3"]).await;
         let old = store.head(&stream).await.expect("head").epoch;
-        raw(&server, &["DEL", "chat:room:r:meta"]).await;
+        raw(&server, &["DEL", "chat:room:{r}:meta"]).await;
         // "o1" is an old clientMsgId: in the new epoch it is a new message, not a retry of seq 1.
         post_all(store, &r, &["n1", "o1", "n3"]).await;
         let new = store.head(&stream).await.expect("head");
@@ -522,13 +523,13 @@ async fn a_lost_meta_key_starts_a_new_epoch_with_a_clean_log() {
             log_of(store, &stream).await,
             expected(&new.epoch, &[(3, "n3"), (4, "n4"), (5, "n5"), (6, "n6")])
         );
-        let ids = raw_strings(&server, &["ZRANGE", "chat:room:r:ids", "0", "-1"]).await;
+        let ids = raw_strings(&server, &["ZRANGE", "chat:room:{r}:ids", "0", "-1"]).await;
         assert_eq!(ids, vec!["ann|n3", "ann|n4", "ann|n5", "ann|n6"]);
         // Reads also leave out any entry of another epoch (defence in depth).
         let stale = format!(
             r#"{{"event":"message","seq":7,"epoch":"{old}","ts":1,"roomId":"r","userId":"ann","userName":"ANN","content":"stale"}}"#
         );
-        raw(&server, &["ZADD", "chat:room:r:log", "7", &stale]).await;
+        raw(&server, &["ZADD", "chat:room:{r}:log", "7", &stale]).await;
         let want = expected(&new.epoch, &[(3, "n3"), (4, "n4"), (5, "n5"), (6, "n6")]);
         assert_eq!(log_of(store, &stream).await, want);
         let (_, page) = store.history(&r, None, 100).await.expect("history");
@@ -540,7 +541,7 @@ async fn a_lost_meta_key_starts_a_new_epoch_with_a_clean_log() {
             let r = room(name);
             let stream = StreamKey::Room(r.clone());
             post_all(store, &r, &["o1", "o2"]).await;
-            raw(&server, &["DEL", &format!("chat:room:{name}:meta")]).await;
+            raw(&server, &["DEL", &format!("chat:room:{{{name}}}:meta")]).await;
             let epoch = if via_join {
                 let joined = store
                     .join(&JoinRequest {
@@ -579,8 +580,8 @@ async fn a_lost_meta_key_starts_a_new_epoch_with_a_clean_log() {
         for text in ["o1", "o2", "o3"] {
             store.post_direct(&bob, &dm(text)).await.expect("dm");
         }
-        raw(&server, &["DEL", "chat:user:ann:inbox:meta"]).await;
-        raw(&server, &["DEL", "chat:user:bob:inbox:meta"]).await;
+        raw(&server, &["DEL", "chat:user:{ann}:inbox:meta"]).await;
+        raw(&server, &["DEL", "chat:user:{bob}:inbox:meta"]).await;
         let p = store.post_direct(&bob, &dm("o1")).await.expect("dm");
         let recipient = p.recipient.expect("a new message, not a retry");
         assert_eq!((recipient.seq, p.sender.seq), (1, 1));
@@ -615,14 +616,14 @@ async fn a_direct_message_from_an_inbox_with_a_damaged_seq_changes_and_publishes
             let inbox = StreamKey::Inbox(to.clone());
             backend.broker.subscribe(&inbox).await.expect("subscribe");
             let before = backend.store.head(&inbox).await.expect("head");
-            let meta = format!("chat:user:{sender}:inbox:meta");
+            let meta = format!("chat:user:{{{sender}}}:inbox:meta");
             raw(&server, &["HSET", &meta, "epoch", "e1", "seq", seq]).await;
 
             match backend.store.post_direct(&to, &draft(&sender, "hi")).await {
                 Err(BackendError::Corrupt(_)) => {}
                 other => panic!("seq {seq:?}: expected Corrupt, got {other:?}"),
             }
-            let key = format!("chat:user:bob{i}:inbox");
+            let key = format!("chat:user:{{bob{i}}}:inbox");
             assert!(
                 raw_strings(&server, &["ZRANGE", &key, "0", "-1"])
                     .await
@@ -642,7 +643,12 @@ async fn a_direct_message_from_an_inbox_with_a_damaged_seq_changes_and_publishes
             assert!(
                 raw_strings(
                     &server,
-                    &["ZRANGE", &format!("chat:user:{sender}:inbox"), "0", "-1"]
+                    &[
+                        "ZRANGE",
+                        &format!("chat:user:{{{sender}}}:inbox"),
+                        "0",
+                        "-1"
+                    ]
                 )
                 .await
                 .is_empty()
@@ -835,7 +841,7 @@ async fn expired_presence_is_reaped_exactly_once_when_a_node_stops_refreshing() 
             b.store.members(&r).await.expect("members"),
             vec![ann.clone(), bob.clone()]
         );
-        let conns = raw_strings(&server, &["ZRANGE", "chat:room:r:conns", "0", "-1"]).await;
+        let conns = raw_strings(&server, &["ZRANGE", "chat:room:{r}:conns", "0", "-1"]).await;
         assert_eq!(conns, vec!["bob|node-b".to_owned()]);
 
         refresher.abort();
@@ -905,7 +911,7 @@ async fn refresh_restores_what_a_flush_lost_for_connected_users() {
             vec![ann.clone()]
         );
         assert_eq!(
-            raw_strings(&server, &["HGETALL", "chat:room:r:names"]).await,
+            raw_strings(&server, &["HGETALL", "chat:room:{r}:names"]).await,
             vec!["ann".to_owned(), "Ann".to_owned()]
         );
         assert_eq!(
@@ -931,17 +937,17 @@ async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
                 .expect("post");
         }
         // Foreign entries in the log: skipped, the rest still readable.
-        raw(&server, &["ZADD", "chat:room:r:log", "2", "not json"]).await;
+        raw(&server, &["ZADD", "chat:room:{r}:log", "2", "not json"]).await;
         raw(
             &server,
-            &["ZADD", "chat:room:r:log", "2", r#"{"event":"login"}"#],
+            &["ZADD", "chat:room:{r}:log", "2", r#"{"event":"login"}"#],
         )
         .await;
         raw(
             &server,
             &[
                 "ZADD",
-                "chat:room:r:log",
+                "chat:room:{r}:log",
                 "3",
                 r#"{"event":"heartBeat","content":"pong"}"#,
             ],
@@ -961,7 +967,7 @@ async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
         };
 
         // A string where a hash is expected.
-        raw(&server, &["SET", "chat:room:s:meta", "oops"]).await;
+        raw(&server, &["SET", "chat:room:{s}:meta", "oops"]).await;
         let s = room("s");
         corrupt(store.post(&s, &draft("a", "x")).await.map(drop), "post");
         corrupt(
@@ -983,7 +989,7 @@ async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
         );
         // Scripts check before they write: the failed join left nothing behind.
         assert!(matches!(
-            raw(&server, &["EXISTS", "chat:room:s:members"]).await,
+            raw(&server, &["EXISTS", "chat:room:{s}:members"]).await,
             redis::Value::Int(0)
         ));
         // An epoch that would break out of the JSON string it is spliced into.
@@ -991,7 +997,7 @@ async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
             &server,
             &[
                 "HSET",
-                "chat:room:t:meta",
+                "chat:room:{t}:meta",
                 "epoch",
                 r#"x","content":"pwned"#,
             ],
@@ -1003,14 +1009,14 @@ async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
             "post with a bad epoch",
         );
         assert!(
-            raw_strings(&server, &["ZRANGE", "chat:room:t:log", "0", "-1"])
+            raw_strings(&server, &["ZRANGE", "chat:room:{t}:log", "0", "-1"])
                 .await
                 .is_empty()
         );
         // A seq counter that is not a number.
         raw(
             &server,
-            &["HSET", "chat:room:u:meta", "epoch", "e1", "seq", "abc"],
+            &["HSET", "chat:room:{u}:meta", "epoch", "e1", "seq", "abc"],
         )
         .await;
         corrupt(
@@ -1024,7 +1030,7 @@ async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
         // A damaged sender inbox fails the whole direct message: the recipient gets no copy.
         raw(
             &server,
-            &["HSET", "chat:user:mallory:inbox:meta", "seq", "x"],
+            &["HSET", "chat:user:{mallory}:inbox:meta", "seq", "x"],
         )
         .await;
         corrupt(
@@ -1035,11 +1041,11 @@ async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
             "dm from a damaged inbox",
         );
         assert!(matches!(
-            raw(&server, &["EXISTS", "chat:user:bob:inbox"]).await,
+            raw(&server, &["EXISTS", "chat:user:{bob}:inbox"]).await,
             redis::Value::Int(0)
         ));
         // A cursor that is not a number.
-        raw(&server, &["HSET", "chat:user:a:cursors", "r", "zzz"]).await;
+        raw(&server, &["HSET", "chat:user:{a}:cursors", "r", "zzz"]).await;
         corrupt(store.cursor(&user("a"), &stream).await.map(drop), "cursor");
         corrupt(
             store
@@ -1053,7 +1059,7 @@ async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
                 .map(drop),
             "join with a damaged cursor",
         );
-        raw(&server, &["HSET", "chat:user:a:cursors", "@a", "zzz"]).await;
+        raw(&server, &["HSET", "chat:user:{a}:cursors", "@a", "zzz"]).await;
         corrupt(
             store
                 .advance_cursor(
@@ -1066,10 +1072,10 @@ async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
             "advance a damaged cursor",
         );
         // Members of the wrong type.
-        raw(&server, &["SET", "chat:room:v:members", "oops"]).await;
+        raw(&server, &["SET", "chat:room:{v}:members", "oops"]).await;
         corrupt(store.members(&room("v")).await.map(drop), "members");
         // Invalid ids in sets are skipped.
-        raw(&server, &["SADD", "chat:room:r:members", "bad id", "ok"]).await;
+        raw(&server, &["SADD", "chat:room:{r}:members", "bad id", "ok"]).await;
         assert_eq!(store.members(&r).await.expect("members"), vec![user("ok")]);
         raw(&server, &["SADD", "chat:rooms", "bad room", "s"]).await;
         let rooms = store.rooms().await.expect("rooms with damaged entries");
@@ -1155,7 +1161,7 @@ async fn a_retried_post_with_the_same_client_msg_id_is_stored_and_published_once
                 .await
                 .expect("post");
         }
-        let ids = raw_strings(&server, &["ZRANGE", "chat:room:r:ids", "0", "-1"]).await;
+        let ids = raw_strings(&server, &["ZRANGE", "chat:room:{r}:ids", "0", "-1"]).await;
         assert!(
             ids.is_empty(),
             "ids of trimmed messages are dropped: {ids:?}"
@@ -1253,7 +1259,7 @@ async fn cursors_carry_their_epoch() {
             .advance_cursor(&ann, &stream, &Position::new(old.clone(), 50))
             .await
             .expect("advance");
-        let stored = raw(&server, &["HGET", "chat:user:ann:cursors", "r"]).await;
+        let stored = raw(&server, &["HGET", "chat:user:{ann}:cursors", "r"]).await;
         assert_eq!(
             stored,
             redis::Value::BulkString(format!("50:{old}").into_bytes())
@@ -1261,7 +1267,7 @@ async fn cursors_carry_their_epoch() {
 
         // The log is reset (its meta lost): a new epoch, and the old cursor comes back tagged with
         // the old epoch so the caller can tell it is not a position in the new log.
-        raw(&server, &["DEL", "chat:room:r:meta"]).await;
+        raw(&server, &["DEL", "chat:room:{r}:meta"]).await;
         let joined = store.join(&join).await.expect("join");
         let new = joined.head.epoch;
         assert_ne!(new, old);
@@ -1284,7 +1290,7 @@ async fn cursors_carry_their_epoch() {
         );
 
         // A cursor stored by an older version (a plain seq) counts as the current epoch's.
-        raw(&server, &["HSET", "chat:user:ann:cursors", "r", "7"]).await;
+        raw(&server, &["HSET", "chat:user:{ann}:cursors", "r", "7"]).await;
         assert_eq!(
             store.cursor(&ann, &stream).await.expect("cursor"),
             Some(Position::new("", 7))
@@ -1341,7 +1347,7 @@ async fn a_refresh_does_not_restore_a_user_who_logged_out_after_the_vouched_join
             vec![bob.clone()]
         );
         assert!(matches!(
-            raw(&server, &["ZSCORE", "chat:room:r:online", "ann"]).await,
+            raw(&server, &["ZSCORE", "chat:room:{r}:online", "ann"]).await,
             redis::Value::Nil
         ));
 
@@ -1379,7 +1385,7 @@ async fn presence_changes_take_increasing_presence_seqs() {
         let s4 = a.store.leave(&r, &ann).await.expect("leave").presence_seq;
         assert!(s1 < s2 && s2 < s3 && s3 < s4, "{s1} {s2} {s3} {s4}");
         // A damaged presence seq fails the change before anything is written.
-        raw(&server, &["HSET", "chat:room:r:meta", "pseq", "007"]).await;
+        raw(&server, &["HSET", "chat:room:{r}:meta", "pseq", "007"]).await;
         let err = a.store.join(&join).await.map(drop);
         assert!(matches!(err, Err(BackendError::Corrupt(_))), "{err:?}");
         assert!(a.store.members(&r).await.expect("members").is_empty());
@@ -1408,6 +1414,122 @@ async fn oldest_is_the_first_seq_history_still_holds() {
         assert_eq!(
             backend.store.oldest(&stream).await.expect("oldest"),
             Some(3)
+        );
+    })
+    .await;
+}
+
+/// Posts check key types on a room's first post through the node and trust them afterwards; a
+/// key damaged later fails the next post (Corrupt), and every post after that checks again, so
+/// damage is never silently written over.
+#[tokio::test]
+async fn key_types_are_checked_on_first_post_and_again_after_a_failure() {
+    bounded(async {
+        let server = RedisServer::start();
+        let backend = open(config(&server, "n1")).await;
+        let store = &backend.store;
+        let r = room("r");
+        store.post(&r, &draft("a", "first")).await.expect("post");
+        // Listed by its first post through this node, though the per-post script leaves the
+        // global room list alone.
+        let rooms = raw_strings(&server, &["SMEMBERS", "chat:rooms"]).await;
+        assert_eq!(rooms, vec!["r".to_owned()]);
+
+        raw(&server, &["DEL", "chat:room:{r}:log"]).await;
+        raw(&server, &["SET", "chat:room:{r}:log", "damaged"]).await;
+        for attempt in 0..3 {
+            let result = store.post(&r, &draft("a", "again")).await.map(drop);
+            assert!(
+                matches!(result, Err(BackendError::Corrupt(_))),
+                "attempt {attempt}: {result:?}"
+            );
+        }
+        let log = raw(&server, &["GET", "chat:room:{r}:log"]).await;
+        assert_eq!(log, redis::Value::BulkString(b"damaged".to_vec()));
+    })
+    .await;
+}
+
+/// The batch a node writes its collected acks with: the same rules as one advance, per entry, and
+/// one damaged entry does not stop the others.
+#[tokio::test]
+async fn cursors_advance_in_batches_with_the_same_rules() {
+    bounded(async {
+        let server = RedisServer::start();
+        let backend = open(config(&server, "n1")).await;
+        let store = &backend.store;
+        let (r, s) = (room("r"), room("s"));
+        let (ann, bob, eve) = (user("ann"), user("bob"), user("eve"));
+        for (rm, u) in [(&r, &ann), (&r, &bob), (&s, &ann)] {
+            store
+                .join(&JoinRequest {
+                    room: rm,
+                    user: u,
+                    user_name: "X",
+                    room_name: None,
+                })
+                .await
+                .expect("join");
+        }
+        let er = store
+            .head(&StreamKey::Room(r.clone()))
+            .await
+            .expect("head")
+            .epoch;
+        let inbox = StreamKey::Inbox(ann.clone());
+        let ei = store.head(&inbox).await.expect("head").epoch;
+        raw(&server, &["HSET", "chat:user:{bob}:cursors", "r", "zzz"]).await;
+        let update = |u: &UserId, stream: StreamKey, epoch: &str, seq| CursorUpdate {
+            user: u.clone(),
+            stream,
+            to: Position::new(epoch, seq),
+        };
+        let batch = vec![
+            update(&ann, StreamKey::Room(r.clone()), &er, 5),
+            update(&ann, StreamKey::Room(s.clone()), "stale", 9),
+            update(&ann, inbox.clone(), &ei, 3),
+            update(&bob, StreamKey::Room(r.clone()), &er, 4),
+            update(&eve, StreamKey::Room(r.clone()), &er, 2),
+        ];
+        store.advance_cursors(&batch).await.expect("batch");
+        let cursor = |u: &UserId, st: StreamKey| {
+            let store = store.clone();
+            let u = u.clone();
+            async move { store.cursor(&u, &st).await }
+        };
+        assert_eq!(
+            cursor(&ann, StreamKey::Room(r.clone()))
+                .await
+                .expect("cursor"),
+            Some(Position::new(er.clone(), 5))
+        );
+        assert_eq!(
+            cursor(&ann, StreamKey::Room(s.clone()))
+                .await
+                .expect("cursor"),
+            None
+        );
+        assert_eq!(
+            cursor(&ann, inbox.clone()).await.expect("cursor"),
+            Some(Position::new(ei, 3))
+        );
+        // Bob's damaged cursor is left as it is; eve is no member.
+        let bobs = raw(&server, &["HGET", "chat:user:{bob}:cursors", "r"]).await;
+        assert_eq!(bobs, redis::Value::BulkString(b"zzz".to_vec()));
+        assert_eq!(
+            cursor(&eve, StreamKey::Room(r.clone()))
+                .await
+                .expect("cursor"),
+            None
+        );
+        // Forward only.
+        store
+            .advance_cursors(&[update(&ann, StreamKey::Room(r.clone()), &er, 2)])
+            .await
+            .expect("batch");
+        assert_eq!(
+            cursor(&ann, StreamKey::Room(r)).await.expect("cursor"),
+            Some(Position::new(er, 5))
         );
     })
     .await;

@@ -96,6 +96,7 @@ pub struct PresenceSettings {
 #[allow(missing_docs)]
 pub struct ClusterSettings {
     pub sync_interval_secs: u64,
+    pub cursor_flush_ms: u64,
 }
 
 /// `[delivery]`: resend on missing acks.
@@ -225,6 +226,9 @@ impl Settings {
         }
         if self.delivery.ack_timeout_secs == 0 || self.delivery.max_unacked == 0 {
             return invalid("delivery.ack_timeout_secs and delivery.max_unacked must be positive");
+        }
+        if !(10..=60_000).contains(&self.cluster.cursor_flush_ms) {
+            return invalid("cluster.cursor_flush_ms must be between 10 and 60000");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format must be \"text\" or \"json\"");

@@ -6,11 +6,12 @@
 //! | `GET /api/rooms` | `{"rooms":[{roomId, roomName, num, total, seq, epoch}]}` |
 //! | `GET /api/rooms/{id}/messages?before=&limit=` | `{"roomId","epoch","messages":[...]}` |
 //! | `GET /api/rooms/{id}/members` | `{"roomId","members":[userId…]}`: who joined and has not logged out |
-//! | `GET /api/node` | `{"node","backend","connections"}`: which node answered, and its load |
+//! | `GET /api/node` | `{"node","backend","connections","legacy":{"connections","rejected"}}`: which node answered, and its load |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when the store and the broker answer and the node is not shutting down, else 503 |
 //!
-//! The browser chat (`/`, `/chat-client.js`, its assets and `/api/web-config`) is in [`crate::web`].
+//! The browser chat (`/`, `/chat-client.js`, its assets and `/api/web-config`) is in [`crate::web`];
+//! a WebSocket upgrade of `/` (the legacy dialect, [`crate::legacy`]) is routed there too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +46,12 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 async fn upgrade(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade) -> Response {
+    accept(node, upgrade, false)
+}
+
+/// Accepts a WebSocket upgrade with the configured limits; `legacy`: the connection speaks the
+/// classic tutorial client's dialect (`GET /`, see [`crate::legacy`]) instead of v1.
+pub(crate) fn accept(node: Arc<Node>, upgrade: WebSocketUpgrade, legacy: bool) -> Response {
     if node.shutdown.is_cancelled() {
         return api_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -61,7 +68,7 @@ async fn upgrade(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade) -> Re
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         // axum spawns the upgraded connection detached; the tracker lets shutdown wait for it.
-        .on_upgrade(move |socket| tracker.track_future(ws::drive(socket, node)))
+        .on_upgrade(move |socket| tracker.track_future(ws::drive_as(socket, node, legacy)))
 }
 
 fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
@@ -167,6 +174,10 @@ async fn node_info(State(node): State<Arc<Node>>) -> Response {
         "node": node.id,
         "backend": node.backend_kind,
         "connections": node.sessions.len(),
+        "legacy": {
+            "connections": node.legacy.connections(),
+            "rejected": node.legacy.rejected(),
+        },
     }))
     .into_response()
 }

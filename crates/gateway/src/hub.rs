@@ -16,7 +16,7 @@
 //!   subscribe/unsubscribe transitions are serialized so they cannot overtake each other.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,6 +35,8 @@ pub type ConnId = u64;
 const GATE_CAPACITY: usize = 4096;
 /// Largest number of out-of-order messages held per stream while a gap is being filled.
 const PENDING_CAPACITY: usize = 50_000;
+/// Streams whose heads are read in one round trip by a sync.
+const SYNC_BATCH: usize = 512;
 /// Most messages fetched from the log by one sync (logs are bounded far below this anyway).
 const SYNC_FETCH_MAX: usize = 100_000;
 
@@ -48,6 +50,9 @@ pub enum Outbound {
         text: Utf8Bytes,
         /// The stream and seq of a message frame.
         mark: Option<Mark>,
+        /// For a legacy-dialect connection: the broadcast's translation slot, shared by all of
+        /// its legacy recipients on this node so it is translated once (see [`crate::legacy`]).
+        legacy: Option<crate::legacy::Cache>,
     },
     /// The user left the room (a `logout` from any of their connections, on any node).
     Left(RoomId),
@@ -71,6 +76,8 @@ pub struct ConnHandle {
     pub id: ConnId,
     tx: mpsc::Sender<Outbound>,
     kill: Arc<KillSwitch>,
+    /// The connection speaks the legacy dialect: its frames come with a shared translation slot.
+    legacy: bool,
 }
 
 #[derive(Debug)]
@@ -86,7 +93,18 @@ impl ConnHandle {
             token: CancellationToken::new(),
             code: AtomicU16::new(close::NORMAL),
         });
-        Self { id, tx, kill }
+        Self {
+            id,
+            tx,
+            kill,
+            legacy: false,
+        }
+    }
+
+    /// Marks the connection as speaking the legacy dialect ([`crate::legacy`]).
+    pub fn speaking_legacy(mut self) -> Self {
+        self.legacy = true;
+        self
     }
 
     /// Asks the connection's driver to close with `code`. The first reason wins.
@@ -136,6 +154,8 @@ pub struct Hub {
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
     next_conn: AtomicU64,
+    /// A periodic full sync is running in the background (at most one at a time).
+    full_sync_running: AtomicBool,
 }
 
 #[derive(Default)]
@@ -191,6 +211,8 @@ impl LocalStream {
 
     /// Hands one frame to every attached connection.
     fn broadcast(&mut self, text: &Utf8Bytes, mark: Option<Mark>) {
+        // Created for the first legacy recipient only, so v1-only streams pay nothing.
+        let mut legacy: Option<crate::legacy::Cache> = None;
         for conn in self.conns.values_mut() {
             if mark
                 .as_ref()
@@ -201,6 +223,10 @@ impl LocalStream {
             let item = Outbound::Frame {
                 text: text.clone(),
                 mark: mark.clone(),
+                legacy: conn
+                    .handle
+                    .legacy
+                    .then(|| legacy.get_or_insert_with(Default::default).clone()),
             };
             match &mut conn.gate {
                 Some(held) if held.len() < GATE_CAPACITY => held.push(item),
@@ -256,6 +282,7 @@ impl Hub {
             store,
             broker,
             next_conn: AtomicU64::new(1),
+            full_sync_running: AtomicBool::new(false),
         })
     }
 
@@ -469,7 +496,8 @@ impl Hub {
 
     /// Runs until `shutdown`: applies broker events, fills gaps, and compares every stream with
     /// its head every `sync_interval` so a lost *last* message is found without waiting for a
-    /// later one.
+    /// later one. That comparison runs in a task of its own and reads heads in batches, so
+    /// delivery never waits for it; only a stream found behind is fetched.
     pub async fn run_pump(
         self: Arc<Self>,
         mut events: mpsc::Receiver<BrokerEvent>,
@@ -488,7 +516,16 @@ impl Hub {
                     None => return,
                 },
                 _ = retry.tick() => self.sync_streams(false).await,
-                _ = full_sync.tick() => self.sync_streams(true).await,
+                _ = full_sync.tick() => {
+                    // Off the pump: delivery goes on while every stream's head is compared.
+                    if !self.full_sync_running.swap(true, Ordering::AcqRel) {
+                        let hub = Arc::clone(&self);
+                        tokio::spawn(async move {
+                            hub.sync_streams(true).await;
+                            hub.full_sync_running.store(false, Ordering::Release);
+                        });
+                    }
+                }
             }
         }
     }
@@ -593,28 +630,55 @@ impl Hub {
         false
     }
 
-    /// Syncs streams that need it (or all, when `all`).
+    /// Syncs streams that need it (or all, when `all`). Their heads are read in batches, one
+    /// round trip each ([`Store::heads`]); only a stream that is behind (or whose log changed
+    /// epoch) is then fetched on its own.
     async fn sync_streams(&self, all: bool) {
-        let keys: Vec<StreamKey> = {
+        let positions: Vec<(StreamKey, Arc<str>, u64)> = {
             let state = self.lock();
             state
                 .streams
                 .iter()
                 .filter(|(_, s)| s.ready && (all || s.needs_sync))
-                .map(|(k, _)| k.clone())
+                .map(|(k, s)| (k.clone(), s.epoch.clone(), s.last))
                 .collect()
         };
-        let mut keys = keys.into_iter();
-        while let Some(key) = keys.next() {
-            if let Err(BackendError::Unavailable(_)) = self.sync_stream(&key).await {
-                // The backend is down: every other stream would wait out its own timeout too,
-                // holding up the pump long after the backend is back. Try again next round.
-                let mut state = self.lock();
-                for rest in keys.by_ref() {
-                    if let Some(stream) = state.streams.get_mut(&rest) {
-                        stream.needs_sync = true;
-                    }
+        for (done, chunk) in positions.chunks(SYNC_BATCH).enumerate() {
+            let keys: Vec<StreamKey> = chunk.iter().map(|(k, _, _)| k.clone()).collect();
+            let heads = match self.store.heads(&keys).await {
+                Ok(heads) => heads,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read stream heads; retrying");
+                    self.mark_for_sync(positions[done * SYNC_BATCH..].iter().map(|(k, _, _)| k));
+                    return;
                 }
+            };
+            for (i, ((key, epoch, last), head)) in chunk.iter().zip(heads).enumerate() {
+                let behind = head
+                    .as_ref()
+                    .is_none_or(|h| *h.epoch != **epoch || h.seq > *last);
+                if !behind {
+                    if let Some(stream) = self.lock().streams.get_mut(key) {
+                        stream.needs_sync = !stream.pending.is_empty();
+                    }
+                    continue;
+                }
+                if let Err(BackendError::Unavailable(_)) = self.sync_stream(key).await {
+                    // The backend is down: every other stream would wait out its own timeout
+                    // too, holding up the caller long after the backend is back. Next round.
+                    let rest = positions[done * SYNC_BATCH + i + 1..].iter();
+                    self.mark_for_sync(rest.map(|(k, _, _)| k));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn mark_for_sync<'a>(&self, keys: impl Iterator<Item = &'a StreamKey>) {
+        let mut state = self.lock();
+        for key in keys {
+            if let Some(stream) = state.streams.get_mut(key) {
+                stream.needs_sync = true;
             }
         }
     }

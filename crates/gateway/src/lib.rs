@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: settings (`config/default.toml`, `--config FILE`, `CHAT__SECTION__KEY`).
 //! - [`node`]: what all sessions of a node share.
+//! - [`cursors`]: acknowledged read positions, written to the store in batches.
 //! - [`hub`]: local fan-out, ordering and gap filling per stream.
 //! - [`membership`]: which users are in which room through this node; orders joins, logouts and
 //!   notices.
@@ -10,15 +11,18 @@
 //! - [`delivery`]: resend on missing acks (pure state machine the session drives).
 //! - [`http`]: the routes.
 //! - [`web`]: the browser chat's embedded page and client library.
+//! - [`legacy`]: the classic tutorial client's dialect on `GET /`, translated at the edge.
 //! - [`presence`]: keeps this node's presence alive in the cluster and reaps dead nodes' users.
 //!
 //! [`run`] serves on a listener until a shutdown token fires, then closes every session with 1012
 //! and waits for them.
 
 pub mod config;
+pub mod cursors;
 pub mod delivery;
 pub mod http;
 pub mod hub;
+pub mod legacy;
 pub mod membership;
 pub mod node;
 pub mod presence;
@@ -91,6 +95,7 @@ pub async fn run(
             .run_pump(events, sync_interval, shutdown.clone()),
     );
     background.spawn(presence::run(node.clone()));
+    background.spawn(flush_cursors(node.clone()));
     background.close();
 
     tracing::info!(
@@ -122,8 +127,24 @@ pub async fn run(
     }
     // Give the broker a moment to deliver the last offline notices before the pump stops.
     let _ = tokio::time::timeout(Duration::from_secs(1), background.wait()).await;
+    // Acks collected since the last flush.
+    let _ = tokio::time::timeout(grace, node.cursors.flush(node.store.as_ref())).await;
     tracing::info!(node = %node.id, "chat gateway stopped");
     Ok(())
+}
+
+/// Writes the acks sessions collected, every `cluster.cursor_flush_ms`, until shutdown (the last
+/// flush is `run`'s, after the sessions are gone).
+async fn flush_cursors(node: std::sync::Arc<Node>) {
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(node.settings.cluster.cursor_flush_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => node.cursors.flush(node.store.as_ref()).await,
+        }
+    }
 }
 
 /// Convenience for tests and embedders: a node on `127.0.0.1:0` in the background.

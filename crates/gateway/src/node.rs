@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::cursors::CursorBatch;
 use crate::hub::Hub;
 
 /// Number of presence lock stripes; see [`Node::presence_guard`].
@@ -35,10 +36,14 @@ pub struct Node {
     pub backend_kind: &'static str,
     /// Cancelled when the node starts shutting down.
     pub shutdown: CancellationToken,
+    /// The legacy dialect's node-wide state (room names and counts for its frames, counters).
+    pub legacy: Arc<crate::legacy::Shared>,
     /// Every session task, so shutdown can wait for them (axum's `on_upgrade` spawns them
     /// detached).
     pub sessions: TaskTracker,
     presence_locks: Vec<Mutex<()>>,
+    /// Acknowledged read positions waiting to be written in one batch.
+    pub cursors: CursorBatch,
     /// Held shared by every presence removal (logout, a user's last connection gone) across its
     /// store call, and exclusively by the presence upkeep across its snapshot and refresh: a
     /// refresh built before a removal can then never be applied after it and bring the user back.
@@ -70,9 +75,11 @@ impl Node {
             backend_kind,
             shutdown,
             sessions: TaskTracker::new(),
+            legacy: Arc::default(),
             presence_locks: (0..PRESENCE_STRIPES).map(|_| Mutex::new(())).collect(),
             presence_barrier: RwLock::new(()),
             delivery: crate::delivery::Counters::default(),
+            cursors: CursorBatch::new(),
             settings,
         })
     }

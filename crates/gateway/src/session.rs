@@ -10,8 +10,9 @@
 //! epoch, the highest seq that reached the socket and the highest seq the client acknowledged.
 //! When the connection ends, the user's cursor moves to the acknowledged seq if the client ever
 //! sent `ack` for that room (so nothing unacknowledged is lost), else to the delivered seq (old
-//! clients never ack). Acks are also written while connected, at most once a second per room, so
-//! a node that dies loses little. A seq is never read or written without its epoch: when the log
+//! clients never ack). Acks while connected are recorded in the node's [`crate::cursors`] batch,
+//! written every `cluster.cursor_flush_ms`, so a node that dies loses little and an ack never
+//! waits on the store. A seq is never read or written without its epoch: when the log
 //! is reset, positions in the old epoch stop counting instead of shadowing the new log's seqs.
 //!
 //! A frame counts as delivered only once the driver has flushed it to the socket: replies carry
@@ -22,10 +23,14 @@
 //! [`Tracker`] (see [`crate::delivery`]); once the connection acks, the tracker's deadline makes
 //! the driver call [`Session::on_resend_due`], which queues the unacknowledged tail again or gives
 //! the connection up (the driver closes it with 4002).
+//!
+//! A session may speak the legacy dialect ([`crate::legacy`]) instead of v1: its [`Edge`] then
+//! translates frames in ([`Session::on_text`]) and out ([`Session::reply`],
+//! [`Session::outbound_text`]); the protocol logic in between is the same.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use chat_backend::{BackendError, Draft, JoinRequest, Notice, Position, StreamKey};
@@ -38,11 +43,9 @@ use chat_protocol::{
 
 use crate::delivery::{self, Due, Tracker};
 use crate::hub::{Attached, ConnHandle, Mark};
+use crate::legacy::{self, Edge};
 use crate::membership::JoinVerdict;
 use crate::node::Node;
-
-/// Acks are written to the store at most this often per stream while connected.
-const ACK_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Who the connection is; fixed by its first `login`.
 #[derive(Debug, Clone)]
@@ -60,9 +63,6 @@ struct Progress {
     delivered: u64,
     /// Highest seq the client acknowledged, if it ever did.
     acked: Option<u64>,
-    /// Highest acknowledged seq already written to the store.
-    ack_written: u64,
-    last_ack_write: Option<Instant>,
 }
 
 impl Progress {
@@ -71,8 +71,6 @@ impl Progress {
             epoch: Arc::from(epoch),
             delivered: 0,
             acked: None,
-            ack_written: 0,
-            last_ack_write: None,
         }
     }
 
@@ -83,7 +81,6 @@ impl Progress {
             self.epoch = epoch.clone();
             self.delivered = 0;
             self.acked = self.acked.map(|_| 0);
-            self.ack_written = 0;
         }
     }
 
@@ -94,7 +91,9 @@ impl Progress {
     /// The cursor to store when the connection ends, if it moved.
     fn final_cursor(&self) -> Option<Position> {
         match self.acked {
-            Some(acked) => (acked > self.ack_written).then(|| self.at(acked)),
+            // Written directly at the end even if a batch has it already: a user who reconnects
+            // elsewhere at once must not be replayed what they acked here.
+            Some(acked) => (acked > 0).then(|| self.at(acked)),
             None => (self.delivered > 0).then(|| self.at(self.delivered)),
         }
     }
@@ -114,6 +113,8 @@ pub struct Reply {
 pub struct Session {
     node: Arc<Node>,
     conn: ConnHandle,
+    /// `Some` when the connection speaks the legacy dialect.
+    legacy: Option<Edge>,
     user: Option<Identity>,
     rooms: HashMap<RoomId, Progress>,
     inbox: Option<Progress>,
@@ -158,6 +159,7 @@ impl Session {
     pub fn new(node: Arc<Node>, conn: ConnHandle) -> Self {
         Session {
             conn,
+            legacy: None,
             user: None,
             rooms: HashMap::new(),
             inbox: None,
@@ -166,6 +168,32 @@ impl Session {
             tracker: Tracker::new(node.settings.delivery_policy()),
             node,
         }
+    }
+
+    /// Makes the session speak the legacy dialect (`GET /`). Its hub handle (the one the hub
+    /// attaches) is marked too, so the hub hands it a translation slot with each broadcast.
+    pub fn speaking_legacy(mut self) -> Self {
+        self.conn = self.conn.clone().speaking_legacy();
+        self.legacy = Some(Edge::new(self.node.legacy.clone()));
+        self
+    }
+
+    /// The text to write for a frame the hub queued: the shared v1 text itself, or for a legacy
+    /// connection its translation (`None`: not for this client).
+    pub fn outbound_text(
+        &self,
+        text: Utf8Bytes,
+        cache: Option<&legacy::Cache>,
+    ) -> Option<Utf8Bytes> {
+        match &self.legacy {
+            None => Some(text),
+            Some(edge) => edge.relay(&text, cache),
+        }
+    }
+
+    /// Direct-message inboxes are for v1 clients: the classic client has no direct messages.
+    fn wants_inbox(&self) -> bool {
+        self.inbox.is_none() && self.legacy.is_none()
     }
 
     /// The connection's id.
@@ -185,8 +213,15 @@ impl Session {
     }
 
     fn reply(&mut self, frame: &ServerFrame) {
+        let text = match &mut self.legacy {
+            None => frame.encode(),
+            Some(edge) => match edge.reply(frame) {
+                Some(text) => text,
+                None => return,
+            },
+        };
         self.replies.push_back(Reply {
-            text: Utf8Bytes::from(frame.encode()),
+            text: Utf8Bytes::from(text),
             mark: None,
         });
     }
@@ -205,8 +240,16 @@ impl Session {
                 epoch: epoch.clone(),
                 seq: message.seq,
             };
+            let frame = ServerFrame::Message(message);
+            let text = match &mut self.legacy {
+                None => frame.encode(),
+                Some(edge) => match edge.reply(&frame) {
+                    Some(text) => text,
+                    None => continue,
+                },
+            };
             self.replies.push_back(Reply {
-                text: Utf8Bytes::from(ServerFrame::Message(message).encode()),
+                text: Utf8Bytes::from(text),
                 mark: Some(mark),
             });
         }
@@ -218,7 +261,14 @@ impl Session {
 
     /// A text frame from the client.
     pub async fn on_text(&mut self, text: &str) {
-        let frame = match parse_client_frame(text, &self.node.limits) {
+        let parsed = match &mut self.legacy {
+            None => parse_client_frame(text, &self.node.limits),
+            Some(edge) => match edge.parse(text, &self.node.limits) {
+                Some(frame) => Ok(frame),
+                None => return,
+            },
+        };
+        let frame = match parsed {
             Ok(frame) => frame,
             Err(e) => return self.reply_error(e),
         };
@@ -273,7 +323,8 @@ impl Session {
     /// A frame carrying `mark` reached the socket; `text` is the frame itself, kept (shared, not
     /// copied) for resending while an acking client has not acknowledged it.
     pub fn on_written(&mut self, mark: &Mark, text: &Utf8Bytes) {
-        if self.delivered(mark) {
+        // The legacy dialect has no `ack`: nothing is kept for it.
+        if self.delivered(mark) && self.legacy.is_none() {
             self.tracker
                 .on_written(&mark.stream, &mark.epoch, mark.seq, text, now());
         }
@@ -335,28 +386,11 @@ impl Session {
         self.tracker.forget(&StreamKey::Room(room.clone()));
     }
 
-    /// Periodic work (driven by the heartbeat timer): writes acknowledgements held back by the
-    /// once-a-second limit, and retries attaching a direct-message inbox that failed.
+    /// Periodic work (driven by the heartbeat timer): retries attaching a direct-message inbox
+    /// that failed. (Acks need no timer: the node writes them in batches.)
     pub async fn on_tick(&mut self) {
-        let Some(user) = self.user.clone() else {
-            return;
-        };
-        if self.inbox.is_none() {
+        if self.user.is_some() && self.wants_inbox() {
             self.attach_inbox().await;
-        }
-        let due: Vec<(StreamKey, Position)> = self
-            .rooms
-            .iter()
-            .map(|(r, p)| (StreamKey::Room(r.clone()), p))
-            .chain(
-                self.inbox
-                    .iter()
-                    .map(|p| (StreamKey::Inbox(user.id.clone()), p)),
-            )
-            .filter_map(|(k, p)| p.acked.filter(|a| *a > p.ack_written).map(|a| (k, p.at(a))))
-            .collect();
-        for (key, position) in due {
-            self.write_ack(&user.id, &key, position).await;
         }
     }
 
@@ -492,6 +526,9 @@ impl Session {
                 name: req.user_name.clone(),
             });
         }
+        if let Some(edge) = &mut self.legacy {
+            edge.joined(&req.room_id, &outcome);
+        }
         self.reply(&ServerFrame::Joined(Joined {
             room_id: req.room_id.clone(),
             room_name: outcome.room_name,
@@ -529,7 +566,7 @@ impl Session {
                 tracing::warn!(room = %req.room_id, error = %e, "could not publish a login notice");
             }
         }
-        if self.inbox.is_none() {
+        if self.wants_inbox() {
             self.attach_inbox().await;
         }
         tracing::debug!(conn = self.conn.id, room = %req.room_id, user = %req.user_id, "joined");
@@ -863,38 +900,11 @@ impl Session {
         progress.acked = Some(acked);
         self.tracker
             .on_ack(&key, &progress.epoch, acked, progress.delivered, now());
-        let due = progress
-            .last_ack_write
-            .is_none_or(|t| t.elapsed() >= ACK_WRITE_INTERVAL);
-        if due {
-            let position = progress.at(acked);
-            self.write_ack(&user.id, &key, position).await;
+        // Written with the node's next batch: the socket path never waits on the store.
+        if acked > 0 {
+            self.node.cursors.record(&user.id, &key, progress.at(acked));
         }
         Ok(())
-    }
-
-    async fn write_ack(&mut self, user: &UserId, key: &StreamKey, position: Position) {
-        match self.node.store.advance_cursor(user, key, &position).await {
-            Ok(moved) => {
-                let progress = match key {
-                    StreamKey::Room(room) => self.rooms.get_mut(room),
-                    StreamKey::Inbox(_) => self.inbox.as_mut(),
-                };
-                if let Some(p) = progress
-                    && *p.epoch == *position.epoch
-                {
-                    // Not moved can mean the store cannot take it yet (membership or epoch still
-                    // being restored after a Redis restart): keep it due, so the next tick and
-                    // the end of the session try again.
-                    if moved {
-                        p.ack_written = p.ack_written.max(position.seq);
-                    }
-                    p.last_ack_write = Some(Instant::now());
-                }
-            }
-            // Kept in memory; the next tick or the end of the session writes it.
-            Err(e) => tracing::debug!(error = %e, "could not store an ack"),
-        }
     }
 
     async fn history(&mut self, request: HistoryRequest) -> Result<(), ProtocolError> {
@@ -916,6 +926,17 @@ impl Session {
     /// store cursors, and tell the rooms the user went offline where this was their last
     /// connection.
     pub async fn finish(&mut self) {
+        if self.legacy.as_ref().is_some_and(Edge::is_guest) {
+            // A guest identity cannot come back, so its memberships and cursors would only pile
+            // up: it leaves its rooms for good (the rooms see a `logout`, reason `left`).
+            let rooms: Vec<RoomId> = self.rooms.keys().cloned().collect();
+            for room in rooms {
+                if let Err(e) = self.logout(room.clone()).await {
+                    // Still in `rooms`: the offline path below records it as gone instead.
+                    tracing::debug!(%room, error = %e.message, "a guest could not leave");
+                }
+            }
+        }
         let Some(user) = self.user.clone() else {
             return;
         };

@@ -8,7 +8,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /` | the chat page (`index.html`) |
+//! | `GET /` | the chat page (`index.html`); with a WebSocket upgrade, the legacy dialect ([`crate::legacy`]) |
 //! | `GET /chat-client.js` | the client library (`docs/client.md`), usable by any web app |
 //! | `GET /app.js`, `/i18n.js`, `/style.css`, `/favicon.svg` | the page's own code and style |
 //! | `GET /api/web-config` | `{"defaultRooms":[…]}` from `web.default_rooms` |
@@ -18,6 +18,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -101,7 +103,7 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 pub fn routes() -> Router<Arc<Node>> {
     let mut router = Router::new()
         .route("/api/web-config", get(web_config))
-        .route("/", get(page));
+        .route("/", get(root));
     for asset in &ASSETS {
         router = router.route(
             asset.path,
@@ -111,8 +113,28 @@ pub fn routes() -> Router<Arc<Node>> {
     router
 }
 
-/// `GET /`: the chat page. Only a plain GET is handled here, so a later change can route a
-/// WebSocket upgrade on `/` (a legacy dialect) to its own handler and call this one otherwise.
+/// `GET /`: a WebSocket upgrade speaks the classic tutorial client's dialect (it connects to `/`);
+/// anything else gets the page. A request that asks for an upgrade but gets it wrong (a bad
+/// version, no key) is refused as on `/ws`, not answered with HTML.
+async fn root(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match upgrade {
+        Ok(upgrade) => crate::http::accept(node, upgrade, true),
+        Err(rejection) if wants_websocket(&headers) => rejection.into_response(),
+        Err(_) => page(headers).await,
+    }
+}
+
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// The chat page.
 pub async fn page(headers: HeaderMap) -> Response {
     serve(&INDEX, &headers)
 }

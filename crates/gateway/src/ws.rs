@@ -31,11 +31,20 @@ enum Ending {
     Gone,
 }
 
-/// Runs one connection to its end, then cleans up its session.
+/// Runs one protocol v1 connection to its end, then cleans up its session.
 pub async fn drive(socket: WebSocket, node: Arc<Node>) {
+    drive_as(socket, node, false).await;
+}
+
+/// Runs one connection to its end, then cleans up its session; `legacy`: it speaks the classic
+/// tutorial client's dialect ([`crate::legacy`]).
+pub async fn drive_as(socket: WebSocket, node: Arc<Node>, legacy: bool) {
     let (tx, mut rx) = mpsc::channel(node.settings.limits.outbound_queue);
     let conn = ConnHandle::new(node.hub.next_conn_id(), tx);
     let mut session = Session::new(node.clone(), conn.clone());
+    if legacy {
+        session = session.speaking_legacy();
+    }
     let (mut sink, mut stream) = socket.split();
     let ending = run(&node, &conn, &mut session, &mut sink, &mut stream, &mut rx).await;
 
@@ -146,11 +155,15 @@ async fn write_batch(
     let mut written = 0;
     while let Some(item) = next.take() {
         match item {
-            Outbound::Frame { text, mark } => {
+            Outbound::Frame { text, mark, legacy } => {
+                // A frame a legacy client must not get still counts as delivered (its own post).
+                // The shared v1 frame is what an acking (v1) session keeps for resending.
                 if let Some(mark) = mark {
                     marks.push((mark, text.clone()));
                 }
-                sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+                if let Some(text) = session.outbound_text(text, legacy.as_ref()) {
+                    sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+                }
             }
             Outbound::Left(room) => session.on_left(&room),
         }

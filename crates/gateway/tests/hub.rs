@@ -57,7 +57,7 @@ async fn post(s: &mut Setup, n: usize) -> Vec<BrokerEvent> {
 fn delivered(rx: &mut mpsc::Receiver<Outbound>) -> Vec<u64> {
     let mut seqs = Vec::new();
     while let Ok(item) = rx.try_recv() {
-        if let Outbound::Frame { text, mark } = item {
+        if let Outbound::Frame { text, mark, .. } = item {
             let ServerFrame::Message(m) = ServerFrame::decode(text.as_str()).expect("frame") else {
                 continue;
             };

@@ -30,7 +30,8 @@ struct Args {
     /// What to measure.
     #[arg(long, value_enum, default_value = "fanout")]
     mode: Mode,
-    /// Comma-separated WebSocket URLs; clients are spread over them round-robin.
+    /// Comma-separated WebSocket URLs. Within each room, successive members go to successive
+    /// URLs, so a room's poster and its subscribers land on different nodes.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws", value_delimiter = ',')]
     url: Vec<String>,
     /// Connections to open.
@@ -55,6 +56,9 @@ struct Args {
     /// Prefix of room ids, so runs do not share rooms.
     #[arg(long, default_value = "bench")]
     room_prefix: String,
+    /// Receivers ack every K-th message they get (cumulative `ack`); 0 = never ack.
+    #[arg(long, default_value_t = 0)]
+    ack_every: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -115,7 +119,8 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect_and_login(args: &Args, i: usize) -> Result<(Socket, String), String> {
-    let url = &args.url[i % args.url.len()];
+    // Client i is member i / rooms of room i % rooms: alternate nodes within each room.
+    let url = &args.url[(i / args.rooms.max(1)) % args.url.len()];
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
         .await
         .map_err(|e| format!("connect {url}: {e}"))?;
@@ -183,6 +188,7 @@ async fn fanout(args: &Args, secs: u64) {
     let stop_at = Instant::now() + Duration::from_secs(secs);
     let drain_until = stop_at + Duration::from_secs(3);
     let posters = args.posters.min(sockets.len()).max(1);
+    let ack_every = args.ack_every;
     let per_poster_interval = Duration::from_secs_f64(posters as f64 / args.rate.max(1) as f64);
 
     let mut tasks = Vec::new();
@@ -194,6 +200,7 @@ async fn fanout(args: &Args, secs: u64) {
             let (mut sink, mut stream) = ws.split();
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut last_seq: HashMap<String, u64> = HashMap::new();
+            let mut unacked = 0u64;
             let mut tick = tokio::time::interval(per_poster_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -211,10 +218,16 @@ async fn fanout(args: &Args, secs: u64) {
                                     let _ = local.record(now_micros().saturating_sub(sent_at).max(1));
                                 }
                                 let room = m.room_id.map(|r| r.to_string()).unwrap_or_default();
-                                let last = last_seq.entry(room).or_insert(m.seq.saturating_sub(1));
+                                let last = last_seq.entry(room.clone()).or_insert(m.seq.saturating_sub(1));
                                 if m.seq != *last + 1 { totals.gaps.fetch_add(1, Ordering::Relaxed); }
                                 *last = m.seq;
                                 totals.received.fetch_add(1, Ordering::Relaxed);
+                                unacked += 1;
+                                if ack_every > 0 && unacked >= ack_every {
+                                    unacked = 0;
+                                    let ack = json!({"event":"ack","roomId":room,"seq":m.seq,"epoch":m.epoch});
+                                    if sink.send(Message::text(ack.to_string())).await.is_err() { break; }
+                                }
                             }
                             Ok(ServerFrame::Error(_)) => { totals.errors.fetch_add(1, Ordering::Relaxed); }
                             _ => {}
@@ -237,8 +250,8 @@ async fn fanout(args: &Args, secs: u64) {
     let received = totals.received.load(Ordering::Relaxed);
     let per_room = args.clients as f64 / args.rooms.max(1) as f64;
     println!(
-        "mode=fanout clients={} rooms={} posters={} rate={}/s secs={}",
-        args.clients, args.rooms, posters, args.rate, secs
+        "mode=fanout clients={} rooms={} posters={} rate={}/s secs={} ack_every={}",
+        args.clients, args.rooms, posters, args.rate, secs, args.ack_every
     );
     println!(
         "sent={sent} received={received} expected~={:.0} gaps={} errors={}",

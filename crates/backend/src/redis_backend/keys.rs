@@ -4,6 +4,10 @@
 //! one Redis and `redis-cli --scan --pattern 'chat:*'` finds everything. Room and user ids match
 //! `^[A-Za-z0-9_.:-]{1,64}$`; each key kind ends in a distinct suffix, so no id can make two
 //! kinds collide, and `|` / `@` stay free as separators inside values.
+//!
+//! The id in a room's or a user's keys and channel is wrapped in braces, `chat:room:{lobby}:log`:
+//! a Redis Cluster hash tag, so all of one room's keys (and all of one user's) live in one slot,
+//! and a script that touches only those can run on Redis Cluster. Ids cannot contain braces.
 
 use chat_protocol::{RoomId, UserId};
 
@@ -23,7 +27,11 @@ impl Keys {
     }
 
     fn room_key(&self, room: &RoomId, part: &str) -> String {
-        format!("{}room:{}:{}", self.prefix, room, part)
+        format!("{}room:{{{}}}:{}", self.prefix, room, part)
+    }
+
+    fn user_key(&self, user: &UserId, part: &str) -> String {
+        format!("{}user:{{{}}}:{}", self.prefix, user, part)
     }
 
     /// HASH `name`, `epoch`, `seq` of a room and its log.
@@ -73,23 +81,23 @@ impl Keys {
 
     /// ZSET of a user's direct-message frames, scored by seq.
     pub(crate) fn inbox_log(&self, user: &UserId) -> String {
-        format!("{}user:{}:inbox", self.prefix, user)
+        self.user_key(user, "inbox")
     }
 
     /// HASH `epoch`, `seq` of a user's inbox.
     pub(crate) fn inbox_meta(&self, user: &UserId) -> String {
-        format!("{}user:{}:inbox:meta", self.prefix, user)
+        self.user_key(user, "inbox:meta")
     }
 
     /// ZSET `to|clientMsgId` -> seq in the user's own inbox of the direct messages they sent:
     /// makes retried direct messages idempotent.
     pub(crate) fn inbox_ids(&self, user: &UserId) -> String {
-        format!("{}user:{}:inbox:ids", self.prefix, user)
+        self.user_key(user, "inbox:ids")
     }
 
     /// HASH stream field -> read cursor, with the offline-retention TTL.
     pub(crate) fn cursors(&self, user: &UserId) -> String {
-        format!("{}user:{}:cursors", self.prefix, user)
+        self.user_key(user, "cursors")
     }
 
     /// The meta HASH of a stream.
@@ -117,21 +125,23 @@ impl Keys {
         }
     }
 
-    /// The pub/sub channel of a stream: `{prefix}room:{r}` or `{prefix}user:{u}`.
+    /// The pub/sub channel of a stream: `{prefix}room:{<r>}` or `{prefix}user:{<u>}`, with the
+    /// same hash tag as the stream's keys (sharded pub/sub publishes in the keys' slot).
     pub(crate) fn channel(&self, stream: &StreamKey) -> String {
         match stream {
-            StreamKey::Room(room) => format!("{}room:{}", self.prefix, room),
-            StreamKey::Inbox(user) => format!("{}user:{}", self.prefix, user),
+            StreamKey::Room(room) => format!("{}room:{{{}}}", self.prefix, room),
+            StreamKey::Inbox(user) => format!("{}user:{{{}}}", self.prefix, user),
         }
     }
 
     /// The stream a channel name belongs to, or `None` for a name this backend never subscribes.
     pub(crate) fn parse_channel(&self, channel: &str) -> Option<StreamKey> {
         let rest = channel.strip_prefix(self.prefix.as_str())?;
+        let tagged = |s: &str| s.strip_prefix('{')?.strip_suffix('}').map(str::to_owned);
         if let Some(room) = rest.strip_prefix("room:") {
-            RoomId::new(room).ok().map(StreamKey::Room)
+            RoomId::new(tagged(room)?).ok().map(StreamKey::Room)
         } else if let Some(user) = rest.strip_prefix("user:") {
-            UserId::new(user).ok().map(StreamKey::Inbox)
+            UserId::new(tagged(user)?).ok().map(StreamKey::Inbox)
         } else {
             None
         }
@@ -179,7 +189,12 @@ mod tests {
             assert_eq!(keys.parse_channel(&channel), Some(stream));
         }
         assert_eq!(keys.parse_channel("other:room:x"), None);
-        assert_eq!(keys.parse_channel("chat:room:bad id"), None);
+        assert_eq!(keys.parse_channel("chat:room:{bad id}"), None);
+        assert_eq!(
+            keys.parse_channel("chat:room:lobby"),
+            None,
+            "untagged: an older layout"
+        );
     }
 
     #[test]
@@ -187,11 +202,15 @@ mod tests {
         let keys = Keys::new("chat:");
         let room = RoomId::new("lobby").expect("id");
         let user = UserId::new("ann").expect("id");
-        assert_eq!(keys.room_meta(&room), "chat:room:lobby:meta");
-        assert_eq!(keys.room_online(&room), "chat:room:lobby:online");
-        assert_eq!(keys.inbox_log(&user), "chat:user:ann:inbox");
-        assert_eq!(keys.inbox_meta(&user), "chat:user:ann:inbox:meta");
-        assert_eq!(keys.cursors(&user), "chat:user:ann:cursors");
+        assert_eq!(keys.room_meta(&room), "chat:room:{lobby}:meta");
+        assert_eq!(keys.room_online(&room), "chat:room:{lobby}:online");
+        assert_eq!(keys.inbox_log(&user), "chat:user:{ann}:inbox");
+        assert_eq!(keys.inbox_meta(&user), "chat:user:{ann}:inbox:meta");
+        assert_eq!(keys.cursors(&user), "chat:user:{ann}:cursors");
+        assert_eq!(
+            keys.channel(&StreamKey::Room(room.clone())),
+            "chat:room:{lobby}"
+        );
         assert_eq!(Keys::cursor_field(&StreamKey::Inbox(user)), "@ann");
     }
 

@@ -4,8 +4,13 @@
 //! - Multi-key updates (post, join, presence changes, cursor moves) are Lua scripts
 //!   (`scripts.rs`, `lua/*.lua`), so each is atomic, and a post's seq assignment and its PUBLISH
 //!   happen in one step: every subscriber sees one order per room.
-//! - Commands go through a [`deadpool_redis`] pool; the broker has one dedicated pub/sub
-//!   connection (`broker.rs`) that reconnects and resubscribes on its own.
+//! - Commands share one multiplexed connection per node: concurrent calls are pipelined on it by
+//!   the client, so a busy node sends many commands per write and Redis answers many per read,
+//!   and no call pays a connection checkout (deadpool's per-checkout `PING` and `UNWATCH` doubled
+//!   the commands Redis ran). It is replaced when it breaks. The [`deadpool_redis`] pool remains
+//!   for exclusive connections: loading scripts and the readiness check, which must prove that
+//!   Redis accepts new connections. The broker has one dedicated pub/sub connection
+//!   (`broker.rs`) that reconnects and resubscribes on its own.
 //! - Every call is bounded by `command_timeout_ms`: while Redis is down calls fail fast with
 //!   [`BackendError::Unavailable`] and recover by themselves when it is back, without reopening
 //!   the backend.
@@ -23,7 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
-use redis::{AsyncConnectionConfig, Value};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError, Value};
 use tokio::sync::mpsc;
 
 use crate::{Backend, BackendError, EVENT_QUEUE, Result};
@@ -118,7 +124,7 @@ pub async fn open(config: RedisConfig) -> Result<Backend> {
     let connection_config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
-    let manager = Manager::new_with_config(config.url.as_str(), connection_config)
+    let manager = Manager::new_with_config(config.url.as_str(), connection_config.clone())
         .map_err(|e| BackendError::Config(format!("invalid Redis URL: {e}")))?;
     let pool = Pool::builder(manager)
         .max_size(config.pool_size.max(1))
@@ -128,13 +134,22 @@ pub async fn open(config: RedisConfig) -> Result<Backend> {
         .recycle_timeout(Some(timeout))
         .build()
         .map_err(|e| BackendError::Config(format!("cannot build the Redis pool: {e}")))?;
-    let redis = Redis { pool, timeout };
+    let redis = Redis {
+        pool,
+        shared: Arc::new(Shared {
+            client: client.clone(),
+            config: connection_config,
+            current: std::sync::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        }),
+        timeout,
+    };
     let scripts = Scripts::new();
     // Preloading only saves the first calls a NOSCRIPT round trip (scripts load themselves on
     // demand), so a Redis that is down at startup is not a reason to refuse to start.
     let preloaded = redis
         .timed("load scripts", async {
-            let mut conn = redis.conn().await?;
+            let mut conn = redis.exclusive().await?;
             for script in scripts.all() {
                 script
                     .load_async(&mut conn)
@@ -161,17 +176,78 @@ pub async fn open(config: RedisConfig) -> Result<Backend> {
     })
 }
 
-/// The command pool with the per-call time bound.
+/// The node's connections to Redis, with the per-call time bound.
 #[derive(Clone)]
 pub(crate) struct Redis {
     pool: Pool,
+    shared: Arc<Shared>,
     timeout: Duration,
 }
 
+/// The multiplexed connection every command goes through, tagged with a generation so that a
+/// call that saw it break replaces that one, not a newer one another call already made.
+struct Shared {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    current: std::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// One reconnect at a time: callers arriving meanwhile wait for its connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    async fn get(&self) -> Result<(u64, MultiplexedConnection)> {
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("no Redis connection: {e}")))?;
+        let mut slot = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let generation = slot.as_ref().map_or(1, |(g, _)| g + 1);
+        *slot = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    /// Drops connection `generation` after an error that means it is broken.
+    fn discard(&self, generation: u64, error: &RedisError) {
+        let broken = error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_unrecoverable_error()
+            || error.is_connection_refusal();
+        if !broken {
+            return;
+        }
+        let mut slot = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
+            tracing::debug!(error = %error, "redis connection broken; reconnecting on next use");
+            *slot = None;
+        }
+    }
+}
+
 impl Redis {
-    /// Runs `fut` (which may take a pooled connection and send several commands) within the
-    /// command timeout; past it the call is `Unavailable`. A command that timed out may still
-    /// have run on the server: the caller cannot know, which is why posts carry `clientMsgId`.
+    /// Runs `fut` (which may send several commands) within the command timeout; past it the call
+    /// is `Unavailable`. A command that timed out may still have run on the server: the caller
+    /// cannot know, which is why posts carry `clientMsgId`.
     pub(crate) async fn timed<T>(
         &self,
         what: &str,
@@ -186,32 +262,42 @@ impl Redis {
         }
     }
 
-    /// A pooled connection (checked with a PING by the pool, replaced if broken).
-    pub(crate) async fn conn(&self) -> Result<deadpool_redis::Connection> {
+    /// A connection of its own from the pool (checked with a PING, replaced if broken).
+    pub(crate) async fn exclusive(&self) -> Result<deadpool_redis::Connection> {
         self.pool
             .get()
             .await
             .map_err(|e| BackendError::Unavailable(format!("no Redis connection: {e}")))
     }
 
-    /// One command.
-    pub(crate) async fn query(&self, what: &str, cmd: &redis::Cmd) -> Result<Value> {
+    /// Runs `op` on the shared connection, replacing it if the error says it broke.
+    async fn shared<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = std::result::Result<T, RedisError>>,
+    {
         self.timed(what, async {
-            let mut conn = self.conn().await?;
-            cmd.query_async::<Value>(&mut conn)
-                .await
-                .map_err(|e| map_error(what, &e))
+            let (generation, conn) = self.shared.get().await?;
+            op(conn).await.map_err(|e| {
+                self.shared.discard(generation, &e);
+                map_error(what, &e)
+            })
         })
         .await
     }
 
-    /// A pipeline (or MULTI/EXEC block); one reply per command that is not ignored.
+    /// One command.
+    pub(crate) async fn query(&self, what: &str, cmd: &redis::Cmd) -> Result<Value> {
+        self.shared(what, |mut conn| async move {
+            cmd.query_async::<Value>(&mut conn).await
+        })
+        .await
+    }
+
+    /// A pipeline (or MULTI/EXEC block, sent as one unit); one reply per command not ignored.
     pub(crate) async fn pipeline(&self, what: &str, pipe: &redis::Pipeline) -> Result<Vec<Value>> {
-        self.timed(what, async {
-            let mut conn = self.conn().await?;
-            pipe.query_async::<Vec<Value>>(&mut conn)
-                .await
-                .map_err(|e| map_error(what, &e))
+        self.shared(what, |mut conn| async move {
+            pipe.query_async::<Vec<Value>>(&mut conn).await
         })
         .await
     }
@@ -222,10 +308,18 @@ impl Redis {
         what: &str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Value> {
+        self.shared(what, |mut conn| async move {
+            invocation.invoke_async::<Value>(&mut conn).await
+        })
+        .await
+    }
+
+    /// Checks Redis accepts a new connection and answers on it (readiness).
+    pub(crate) async fn ping_exclusive(&self, what: &str) -> Result<Value> {
         self.timed(what, async {
-            let mut conn = self.conn().await?;
-            invocation
-                .invoke_async::<Value>(&mut conn)
+            let mut conn = self.exclusive().await?;
+            redis::cmd("PING")
+                .query_async::<Value>(&mut conn)
                 .await
                 .map_err(|e| map_error(what, &e))
         })

@@ -29,6 +29,7 @@ pub(crate) struct Scripts {
     pub(crate) refresh: Script,
     pub(crate) reap: Script,
     pub(crate) advance_cursor: Script,
+    pub(crate) advance_cursors: Script,
 }
 
 impl Scripts {
@@ -43,11 +44,12 @@ impl Scripts {
             refresh: script!("refresh.lua"),
             reap: script!("reap.lua"),
             advance_cursor: script!("advance_cursor.lua"),
+            advance_cursors: script!("advance_cursors.lua"),
         }
     }
 
     /// Every script, for loading them all up front.
-    pub(crate) fn all(&self) -> [&Script; 9] {
+    pub(crate) fn all(&self) -> [&Script; 10] {
         [
             &self.post,
             &self.post_direct,
@@ -58,6 +60,7 @@ impl Scripts {
             &self.refresh,
             &self.reap,
             &self.advance_cursor,
+            &self.advance_cursors,
         ]
     }
 }

@@ -17,18 +17,63 @@ use super::reply::{self, array, next};
 use super::scripts::Scripts;
 use crate::memory::new_epoch;
 use crate::{
-    BackendError, Counts, Departed, DirectPosted, Draft, Head, JoinOutcome, JoinRequest,
-    LeaveOutcome, Position, Posted, PresenceEntry, Reaped, Refreshed, Result, Revived, RoomSummary,
-    Store, StreamKey,
+    BackendError, Counts, CursorUpdate, Departed, DirectPosted, Draft, Head, JoinOutcome,
+    JoinRequest, LeaveOutcome, Position, Posted, PresenceEntry, Reaped, Refreshed, Result, Revived,
+    RoomSummary, Store, StreamKey,
 };
 
 /// Entries per `refresh_presence` script call: keeps each script short, so one node's refresh
 /// never blocks Redis (single-threaded) for long, however many connections the node holds.
 const REFRESH_CHUNK: usize = 256;
 
+/// Streams per pipelined `heads` read.
+const HEADS_CHUNK: usize = 512;
+
+/// Cursor updates per `advance_cursors` script call.
+const CURSOR_CHUNK: usize = 256;
+
 /// Seqs and scores are doubles inside Redis; above 2^53 they are not exact, so such bounds are
 /// sent as `+inf` (no real log gets anywhere near).
 const MAX_EXACT_SCORE: u64 = 1 << 53;
+
+/// Streams whose keys held more than this many verified streams are forgotten at once (and checked
+/// again on their next post): the set stays small however many rooms a node ever sees.
+const TYPES_SEEN_CAPACITY: usize = 100_000;
+
+/// Streams whose keys this node has seen with the right types, so their posts skip the `TYPE`
+/// checks (see `read_log` in common.lua). A stream is checked on its first post through this node
+/// and again after any failed post.
+#[derive(Default)]
+struct TypesSeen(std::sync::Mutex<std::collections::HashSet<StreamKey>>);
+
+impl TypesSeen {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<StreamKey>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a post touching `streams` must check their key types.
+    fn must_check(&self, streams: &[&StreamKey]) -> bool {
+        let seen = self.lock();
+        !streams.iter().all(|s| seen.contains(*s))
+    }
+
+    /// Records the outcome of a post that did (`checked`) or did not check.
+    fn record(&self, streams: &[&StreamKey], checked: bool, succeeded: bool) {
+        let mut seen = self.lock();
+        if !succeeded {
+            for stream in streams {
+                seen.remove(*stream);
+            }
+        } else if checked {
+            if seen.len() + streams.len() > TYPES_SEEN_CAPACITY {
+                seen.clear();
+            }
+            seen.extend(streams.iter().map(|s| (*s).clone()));
+        }
+    }
+}
 
 /// The Redis store.
 pub(crate) struct RedisStore {
@@ -39,6 +84,7 @@ pub(crate) struct RedisStore {
     presence_ttl_ms: u64,
     history_cap: usize,
     cursor_ttl_secs: u64,
+    types_seen: TypesSeen,
 }
 
 impl RedisStore {
@@ -51,6 +97,7 @@ impl RedisStore {
             presence_ttl_ms: config.presence_lease_ms,
             history_cap: config.history_per_room.max(1),
             cursor_ttl_secs: config.cursor_ttl_secs,
+            types_seen: TypesSeen::default(),
         }
     }
 }
@@ -362,17 +409,27 @@ impl Store for RedisStore {
             .as_deref()
             .map(|id| format!("{}|{id}", draft.user_id))
             .unwrap_or_default();
+        let check = self.types_seen.must_check(&[&stream]);
         inv.key(self.keys.room_meta(room))
             .key(self.keys.room_log(room))
-            .key(self.keys.rooms())
             .key(self.keys.room_ids(room))
             .arg(new_epoch())
             .arg(body)
             .arg(self.history_cap)
             .arg(self.keys.channel(&stream))
-            .arg(room.as_str())
-            .arg(post_id);
-        let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+            .arg(post_id)
+            .arg(if check { "1" } else { "0" });
+        let result = self.redis.script(W, &inv).await;
+        self.types_seen.record(&[&stream], check, result.is_ok());
+        let mut it = array(W, result?)?.into_iter();
+        if check {
+            // The room list is a global index: kept out of the per-post script (whose keys all
+            // belong to the room) and written on a room's first post through this node. A room
+            // is normally listed by the join that comes before any post already.
+            let mut add = redis::cmd("SADD");
+            add.arg(self.keys.rooms()).arg(room.as_str());
+            self.redis.query(W, &add).await?;
+        }
         let seq = next(W, &mut it)?;
         let epoch = next(W, &mut it)?;
         let ts = next(W, &mut it)?;
@@ -407,7 +464,13 @@ impl Store for RedisStore {
             .arg(self.keys.channel(&StreamKey::Inbox(from.clone())))
             .arg(post_id)
             .arg(if from == to { "1" } else { "0" });
-        let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+        let streams = [StreamKey::Inbox(to.clone()), StreamKey::Inbox(from.clone())];
+        let streams = [&streams[0], &streams[1]];
+        let check = self.types_seen.must_check(&streams);
+        inv.arg(if check { "1" } else { "0" });
+        let result = self.redis.script(W, &inv).await;
+        self.types_seen.record(&streams, check, result.is_ok());
+        let mut it = array(W, result?)?.into_iter();
         let (rseq, repoch) = (next(W, &mut it)?, next(W, &mut it)?);
         let (sseq, sepoch) = (next(W, &mut it)?, next(W, &mut it)?);
         let ts = next(W, &mut it)?;
@@ -442,6 +505,35 @@ impl Store for RedisStore {
         let epoch = reply::epoch(W, next(W, &mut it)?)?;
         let seq = reply::seq_field(W, next(W, &mut it)?)?;
         Ok(Head { epoch, seq })
+    }
+
+    async fn heads(&self, streams: &[StreamKey]) -> Result<Vec<Option<Head>>> {
+        const W: &str = "heads";
+        let mut heads = Vec::with_capacity(streams.len());
+        // Plain reads, pipelined: no script, no write, so checking every stream a node serves
+        // costs Redis one HMGET each.
+        for chunk in streams.chunks(HEADS_CHUNK) {
+            let mut pipe = redis::pipe();
+            for stream in chunk {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.meta(stream))
+                    .arg("epoch")
+                    .arg("seq");
+            }
+            for reply in self.redis.pipeline(W, &pipe).await? {
+                let mut fields = array(W, reply)?.into_iter();
+                let epoch = next(W, &mut fields)?;
+                let seq = next(W, &mut fields)?;
+                heads.push(match epoch {
+                    Value::Nil => None,
+                    epoch => Some(Head {
+                        epoch: reply::epoch(W, epoch)?,
+                        seq: reply::seq_field(W, seq)?,
+                    }),
+                });
+            }
+        }
+        Ok(heads)
     }
 
     async fn range(
@@ -556,6 +648,34 @@ impl Store for RedisStore {
         flag(W, &self.redis.script(W, &inv).await?)
     }
 
+    async fn advance_cursors(&self, batch: &[CursorUpdate]) -> Result<()> {
+        const W: &str = "advance_cursors";
+        // Chunks keep each call short: Redis runs nothing else while a script runs.
+        for chunk in batch.chunks(CURSOR_CHUNK) {
+            let mut inv = self.scripts.advance_cursors.prepare_invoke();
+            inv.arg(self.cursor_ttl_secs);
+            for update in chunk {
+                let cursors = self.keys.cursors(&update.user);
+                let members = match &update.stream {
+                    StreamKey::Room(room) => self.keys.room_members(room),
+                    StreamKey::Inbox(_) => cursors.clone(),
+                };
+                inv.key(cursors)
+                    .key(self.keys.meta(&update.stream))
+                    .key(members)
+                    .arg(Keys::cursor_field(&update.stream))
+                    .arg(update.to.seq)
+                    .arg(&update.to.epoch)
+                    .arg(match &update.stream {
+                        StreamKey::Room(_) => update.user.as_str(),
+                        StreamKey::Inbox(_) => "",
+                    });
+            }
+            reply::int(W, &self.redis.script(W, &inv).await?)?;
+        }
+        Ok(())
+    }
+
     async fn rooms(&self) -> Result<Vec<RoomSummary>> {
         const W: &str = "rooms";
         let mut pipe = redis::pipe();
@@ -640,7 +760,7 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<()> {
         const W: &str = "ping";
-        let pong = reply::string(W, self.redis.query(W, &redis::cmd("PING")).await?)?;
+        let pong = reply::string(W, self.redis.ping_exclusive(W).await?)?;
         if pong == "PONG" {
             Ok(())
         } else {

@@ -109,7 +109,7 @@ impl Conn {
             .expect("a live frame in time")
             .expect("queue open");
         match item {
-            Outbound::Frame { text, mark } => {
+            Outbound::Frame { text, mark, .. } => {
                 if let Some(mark) = mark {
                     self.session.on_written(&mark, &text);
                 }

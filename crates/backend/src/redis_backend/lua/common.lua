@@ -100,11 +100,30 @@ local function ensure_epoch(meta, candidate, log, ids)
   return epoch
 end
 
--- Everything `append` (below) can fail on, checked before a script's first write: the log's meta
--- and ZSET, its post ids ZSET, the epoch candidate and the message body.
-local function check_append(meta, log, ids, candidate, body)
-  check_log(meta, log)
-  check_type(ids, 'zset')
+-- A log about to be appended to, read once: its meta's `seq` and `epoch` (one HMGET), validated
+-- exactly as the later HINCRBY and the frame splice need them. Key types are checked only when
+-- `check_types` is set: the node asks for that on a stream's first post and after any error, and
+-- trusts the types it has seen since (TYPE on every key of every post was a third of a post's
+-- commands). With the types right, nothing `append` does can fail.
+local function read_log(meta, log, ids, check_types)
+  if check_types then
+    check_type(meta, 'hash')
+    check_type(log, 'zset')
+    check_type(ids, 'zset')
+  end
+  local fields = redis.call('HMGET', meta, 'seq', 'epoch')
+  local seq, epoch = fields[1], fields[2]
+  if seq and not valid_seq(seq) then
+    corrupt('the seq in ' .. meta .. ' is not a usable number')
+  end
+  if epoch and not valid_epoch(epoch) then
+    corrupt('the epoch in ' .. meta .. ' is not a plain id')
+  end
+  return {meta = meta, log = log, ids = ids, epoch = epoch or nil}
+end
+
+-- The parts of an append that come from the caller: the epoch candidate and the message body.
+local function check_draft(candidate, body)
   if not valid_epoch(candidate) then
     corrupt('the epoch candidate is not a plain id')
   end
@@ -113,18 +132,23 @@ local function check_append(meta, log, ids, candidate, body)
   end
 end
 
--- Appends one message to a log (room or inbox): next seq, stored frame, trim. `body` is the
--- message's wire JSON object without event/seq/epoch/ts; the frame is spliced in front of it so
--- the stored member is byte for byte the frame clients receive. `ids` is the post ids ZSET tied
--- to this log's seqs (see ensure_epoch). Call check_append first: then this cannot fail.
-local function append(meta, log, ids, candidate, body, ts, cap)
-  local epoch = ensure_epoch(meta, candidate, log, ids)
-  local seq = redis.call('HINCRBY', meta, 'seq', 1)
-  local frame = '{"event":"message","seq":' .. int(seq) .. ',"epoch":"' .. epoch ..
+-- Appends one message to a log read with read_log: next seq, stored frame, trim. A log without an
+-- epoch (first use, or its meta was lost) gets `candidate` and starts clean, as in ensure_epoch.
+-- `body` is the message's wire JSON object without event/seq/epoch/ts; the frame is spliced in
+-- front of it so the stored member is byte for byte the frame clients receive.
+local function append(log, candidate, body, ts, cap)
+  if not log.epoch then
+    redis.call('HSET', log.meta, 'epoch', candidate)
+    redis.call('DEL', log.log, log.ids)
+    redis.call('HDEL', log.meta, 'seq')
+    log.epoch = candidate
+  end
+  local seq = redis.call('HINCRBY', log.meta, 'seq', 1)
+  local frame = '{"event":"message","seq":' .. int(seq) .. ',"epoch":"' .. log.epoch ..
     '","ts":' .. int(ts) .. ',' .. string.sub(body, 2)
-  redis.call('ZADD', log, seq, frame)
-  redis.call('ZREMRANGEBYRANK', log, 0, -(cap + 1))
-  return seq, epoch, frame
+  redis.call('ZADD', log.log, seq, frame)
+  redis.call('ZREMRANGEBYRANK', log.log, 0, -(cap + 1))
+  return seq, log.epoch, frame
 end
 
 -- Distinct users online (presence expiry still in the future) and members of a room.
@@ -132,40 +156,34 @@ local function counts(online, members, now)
   return redis.call('ZCOUNT', online, '(' .. int(now), '+inf'), redis.call('SCARD', members)
 end
 
--- Retried posts: `ids` maps `author-side id` -> seq in `log` (meta/log of the log the author's
--- copy lives in). Returns seq, epoch, ts of the earlier post with this id while it is still in
+-- Retried posts: `log.ids` maps `author-side id` -> seq in `log` (read with read_log: the log the
+-- author's copy lives in). Returns seq, epoch, ts of the earlier post with this id while it is still in
 -- the log, and a conflict flag: 1 when the earlier post's content differs from the content of
 -- `body` (this post's body JSON), i.e. the id was reused for a different message, else 0. Returns
 -- nil when there is no such earlier post.
-local function earlier_post(ids, meta, log, id, body)
-  if id == '' then
+local function earlier_post(log, id, body)
+  if id == '' or not log.epoch then
+    -- Without an epoch the log is about to start again: nothing in it counts.
     return nil
   end
-  local earlier = redis.call('ZSCORE', ids, id)
+  local earlier = redis.call('ZSCORE', log.ids, id)
   if not earlier then
     return nil
   end
-  -- Without an epoch the log is about to start again (ensure_epoch): nothing in it counts.
-  local epoch = redis.call('HGET', meta, 'epoch')
-  if not epoch then
-    return nil
-  end
-  local entry = redis.call('ZRANGEBYSCORE', log, earlier, earlier)[1]
+  local entry = redis.call('ZRANGEBYSCORE', log.log, earlier, earlier)[1]
   local ok, decoded = pcall(cjson.decode, entry or '')
-  if ok and type(decoded) == 'table' and tonumber(decoded.ts) and decoded.epoch == epoch then
+  if ok and type(decoded) == 'table' and tonumber(decoded.ts) and decoded.epoch == log.epoch then
     local draft_ok, draft = pcall(cjson.decode, body)
     local conflict = 1
     if draft_ok and type(draft) == 'table' and type(draft.content) == 'string'
         and draft.content == decoded.content then
       conflict = 0
     end
-    return tonumber(earlier), epoch, tonumber(decoded.ts), conflict
+    return tonumber(earlier), log.epoch, tonumber(decoded.ts), conflict
   end
   return nil
 end
 
--- Records the id of a post just appended under `seq`, and forgets ids whose messages the log's
--- trim (to `cap`) has dropped.
 local function remember_post(ids, id, seq, cap)
   if id ~= '' then
     redis.call('ZADD', ids, seq, id)

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Cross-node cost benchmark: one private redis-server, two gateways over it, and chat-loadgen's
+# many-rooms scenario with every room's members spread over both gateways. Prints the load
+# generator's summary, then Redis's CPU per post and per command (INFO commandstats), measured
+# from just before the clients connect to the end of the run (joins included, which a run of
+# --secs 20 or more dilutes to noise).
+#
+#   crates/loadgen/cluster-bench.sh                  # 100 rooms x (10 subscribers + 1 poster), 2000 posts/s
+#   ROOMS=1000 PER_ROOM=6 RATE=1000 SECS=20 ACK_EVERY=10 crates/loadgen/cluster-bench.sh
+#   IDLE=1 ROOMS=1000 PER_ROOM=6 crates/loadgen/cluster-bench.sh   # connected, silent: upkeep cost only
+#
+# Loopback only; every run is bounded by SECS and the client count.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+cargo build --release -q -p chat-gateway -p chat-loadgen
+gw=$repo/target/release/chat-gateway
+lg=$repo/target/release/chat-loadgen
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+
+ROOMS=${ROOMS:-100}
+PER_ROOM=${PER_ROOM:-11}
+RATE=${RATE:-2000}
+SECS=${SECS:-20}
+ACK_EVERY=${ACK_EVERY:-0}
+IDLE=${IDLE:-0}
+clients=$((ROOMS * PER_ROOM))
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_ready() { for _ in $(seq 200); do curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "gateway on $1 not ready" >&2; exit 1; }
+cpu_ms() { awk '{print ($14 + $15) * 10}' "/proc/$1/stat"; }
+
+rp=$(free_port)
+redis-server --port "$rp" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 &
+redis_pid=$!
+pids+=("$redis_pid")
+for _ in $(seq 50); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.1; done
+urls=()
+gw_args=()
+for i in 1 2; do
+  p=$(free_port)
+  env CHAT__SERVER__LISTEN=127.0.0.1:$p CHAT__LOG__LEVEL=warn CHAT__REDIS__URL=redis://127.0.0.1:$rp \
+    CHAT__SERVER__NODE_ID=bench$i "$gw" >"$work/gw-$p.log" 2>&1 &
+  pids+=($!)
+  gw_args+=(--pid "$!")
+  wait_ready "$p"
+  urls+=("ws://127.0.0.1:$p/ws")
+done
+echo "# $(date -u +%FT%TZ) $(nproc) cores; rooms=$ROOMS per_room=$PER_ROOM rate=$RATE/s secs=$SECS ack_every=$ACK_EVERY idle=$IDLE"
+redis-cli -p "$rp" CONFIG RESETSTAT >/dev/null
+redis_before=$(cpu_ms "$redis_pid")
+if [ "$IDLE" = 1 ]; then
+  "$lg" --mode idle --url "$(IFS=,; echo "${urls[*]}")" --clients "$clients" --rooms "$ROOMS" \
+    --room-prefix idle "${gw_args[@]}" --secs 5
+  # Connected and silent: what does upkeep cost Redis and the gateways per second?
+  redis-cli -p "$rp" CONFIG RESETSTAT >/dev/null
+  r0=$(cpu_ms "$redis_pid"); g0=0; for p in "${pids[@]:1}"; do g0=$((g0 + $(cpu_ms "$p"))); done
+  sleep "$SECS"
+  r1=$(cpu_ms "$redis_pid"); g1=0; for p in "${pids[@]:1}"; do g1=$((g1 + $(cpu_ms "$p"))); done
+  echo "idle: redis_cpu_pct=$(( (r1 - r0) / SECS / 10 )) gateways_cpu_pct=$(( (g1 - g0) / SECS / 10 ))"
+  redis-cli -p "$rp" INFO commandstats | grep -E '^cmdstat' | sed 's/^cmdstat_//' | tr -d '\r' |
+    awk -F'[:,=]' -v s="$SECS" '{printf "  %-22s calls/s=%8.1f usec_per_call=%s\n", $1, $3 / s, $7}'
+  exit 0
+fi
+out=$("$lg" --mode fanout --url "$(IFS=,; echo "${urls[*]}")" --clients "$clients" --rooms "$ROOMS" \
+  --posters "$ROOMS" --rate "$RATE" --secs "$SECS" --ack-every "$ACK_EVERY" --room-prefix many "${gw_args[@]}")
+echo "$out"
+redis_after=$(cpu_ms "$redis_pid")
+posts=$(echo "$out" | sed -n 's/^sent=\([0-9]*\).*/\1/p')
+echo "redis_cpu_ms=$((redis_after - redis_before)) posts=$posts redis_cpu_us_per_post=$(( (redis_after - redis_before) * 1000 / (posts > 0 ? posts : 1) ))"
+redis-cli -p "$rp" INFO commandstats | grep -E '^cmdstat' | sed 's/^cmdstat_//' | tr -d '\r' |
+  awk -F'[:,=]' -v p="$posts" '{printf "  %-22s calls=%8d per_post=%6.2f usec_per_call=%s\n", $1, $3, $3 / (p > 0 ? p : 1), $7}'
