@@ -550,6 +550,41 @@ async fn full_history(node: &Gateway, room: &str) -> (String, Vec<ChatMessage>) 
     (epoch, all)
 }
 
+/// A `login` without `since` (the stored cursor decides the replay), sent again after a retriable
+/// `unavailable` as a client would (a node's first commands after a Redis restart may fail).
+async fn login_retrying(
+    client: &mut chat_tests::Client,
+    room: &str,
+    user: &str,
+) -> (chat_tests::chat_protocol::server::Joined, Vec<ChatMessage>) {
+    for _ in 0..40 {
+        client
+            .send_json(json!({"event": "login", "roomId": room, "userId": user, "userName": user}))
+            .await;
+        let joined = client
+            .recv_match("joined or unavailable", |f| match f {
+                ServerFrame::Joined(j) if j.room_id.as_str() == room => Some(Some(j.clone())),
+                ServerFrame::Error(e) if e.code == ErrorCode::Unavailable => Some(None),
+                _ => None,
+            })
+            .await;
+        let Some(joined) = joined else {
+            eprintln!("chaos: {user} login to {room}: unavailable, retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let mut replayed = Vec::new();
+        while (replayed.len() as u64) < joined.replayed {
+            match client.recv_frame().await {
+                ServerFrame::Message(m) => replayed.push(m),
+                other => panic!("expected replayed messages after joined, got {other:?}"),
+            }
+        }
+        return (joined, replayed);
+    }
+    panic!("{user}: login to {room} stayed unavailable");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_message_is_lost_under_chaos() {
     let redis = RedisServer::start_with_aof().await;
@@ -811,11 +846,7 @@ async fn no_message_is_lost_under_chaos() {
         };
         let mut back = cluster.client(i % 3, &format!("{user} back")).await;
         for room in rooms {
-            let (joined, replayed) = back
-                .login_replay(
-                    json!({"event": "login", "roomId": room, "userId": user, "userName": user}),
-                )
-                .await;
+            let (joined, replayed) = login_retrying(&mut back, room, &user).await;
             assert_eq!(
                 joined.seq,
                 history[room].1.len() as u64,
