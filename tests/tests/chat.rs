@@ -684,3 +684,22 @@ async fn presence_counts_users_not_connections() {
         a4.pending
     );
 }
+
+/// `websocket.write_delay_ms` gathers frames into fewer writes; everything still arrives, once,
+/// in order.
+#[tokio::test]
+async fn a_write_delay_still_delivers_everything_in_order() {
+    let gw = Gateway::start(&[("CHAT__WEBSOCKET__WRITE_DELAY_MS", "20")]).await;
+    let mut ann = gw.client().await.named("ann");
+    ann.login("r", "ann", "Ann").await;
+    let mut bob = gw.client().await.named("bob");
+    bob.login("r", "bob", "Bob").await;
+    for i in 0..30 {
+        ann.post("r", &format!("m{i}")).await;
+    }
+    let got = bob.recv_messages_in("r", 30).await;
+    assert_consecutive(&got, 1);
+    let contents: Vec<String> = got.iter().map(|m| m.content.clone()).collect();
+    let want: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    assert_eq!(contents, want);
+}

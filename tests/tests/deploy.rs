@@ -1,129 +1,17 @@
 //! The deployment topology: `deploy/local-cluster` (Redis, three gateways, nginx with
 //! `deploy/nginx.conf`) run for real, and `docker-compose.yml` kept identical to it.
 
-use std::fs::File;
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chat_tests::chat_protocol::ServerFrame;
+use chat_tests::local_cluster::{LocalCluster, node_info};
 use chat_tests::serde_json::json;
-use chat_tests::{
-    Client, free_port, fresh_dir, gateway_bin, http_get, read_to_string, wait_until, workspace_root,
-};
-
-/// The script, stopped with SIGTERM (by PID) when dropped.
-struct LocalCluster {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        // Not `send_signal`: a panic in drop during a failing test would abort the process.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Four consecutive free loopback ports (nginx and three gateways).
-fn free_port_block() -> u16 {
-    for _ in 0..200 {
-        let base = free_port();
-        if base > 65000 {
-            continue;
-        }
-        let all_free = (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no block of four free ports");
-}
-
-fn nginx_available() -> bool {
-    Command::new("nginx")
-        .arg("-v")
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-async fn start_local_cluster() -> LocalCluster {
-    assert!(
-        nginx_available(),
-        "nginx is required (apt-get install -y nginx); .ci/run installs it"
-    );
-    let bin = tokio::task::spawn_blocking(gateway_bin)
-        .await
-        .expect("gateway build");
-    let dir = fresh_dir("local-cluster");
-    let log = dir.join("local-cluster.log");
-    let out = File::create(&log).expect("log file");
-    let port = free_port_block();
-    let redis_port = free_port();
-    let child = Command::new("bash")
-        .arg(workspace_root().join("deploy/local-cluster"))
-        .env("CHAT_CLUSTER_PORT", port.to_string())
-        .env("CHAT_REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
-        .env("CHAT_GATEWAY_BIN", &bin)
-        .env("CHAT_CLUSTER_DIR", &dir)
-        .env("CHAT__LOG__LEVEL", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone().expect("clone")))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("start deploy/local-cluster");
-    let cluster = LocalCluster { child, port, log };
-    let ready = wait_until(Duration::from_secs(60), || async {
-        read_to_string(&cluster.log).contains("local-cluster: ready")
-    })
-    .await;
-    assert!(
-        ready,
-        "local-cluster did not become ready:\n{}",
-        read_to_string(&cluster.log)
-    );
-    cluster
-}
-
-async fn node_info(port: u16) -> Option<(String, u64)> {
-    let response = http_get(([127, 0, 0, 1], port).into(), "/api/node")
-        .await
-        .ok()?;
-    let body = response.json();
-    Some((
-        body["node"].as_str()?.to_owned(),
-        body["connections"].as_u64()?,
-    ))
-}
-
-fn gateway_pids(log: &Path) -> Vec<u32> {
-    read_to_string(log)
-        .lines()
-        .filter(|l| l.contains(" (pid "))
-        .filter_map(|l| l.rsplit("(pid ").next()?.trim_end_matches(')').parse().ok())
-        .collect()
-}
+use chat_tests::{Client, http_get, read_to_string, workspace_root};
 
 #[tokio::test]
 async fn local_cluster_behind_nginx_is_one_chat_server() {
-    let cluster = start_local_cluster().await;
+    let cluster = LocalCluster::start(&[]).await;
     let url = format!("ws://127.0.0.1:{}/ws", cluster.port);
 
     let mut clients = Vec::new();
@@ -174,7 +62,7 @@ async fn local_cluster_behind_nginx_is_one_chat_server() {
 
     // A gateway dies: nginx keeps accepting chat on the others, and the users it held return
     // with what they missed.
-    let pids = gateway_pids(&cluster.log);
+    let pids = cluster.current_gateway_pids();
     assert_eq!(pids.len(), 3, "gateway pids in the script's output");
     chat_tests::send_signal(pids[1], "KILL");
     let mut poster = Client::connect(&url).await.named("poster");
@@ -232,7 +120,7 @@ fn docker_compose_matches_the_local_cluster_script() {
     assert!(script.contains("port=${CHAT_CLUSTER_PORT:-8080}"));
     assert!(script.contains("redis_url=${CHAT_REDIS_URL:-redis://127.0.0.1:6379}"));
     assert!(script.contains("CHAT__SERVER__NODE_ID=gateway$i"));
-    assert!(script.contains(r#"--save "" --appendonly no"#));
+    assert!(script.contains(r#"--save "" --appendonly yes --appendfsync everysec"#));
     assert!(script.contains("nginx -p") && script.contains("deploy/nginx.conf"));
 
     // The same topology in compose: three gateways on 8081-8083 named gateway1-3, one Redis on
@@ -261,13 +149,32 @@ fn docker_compose_matches_the_local_cluster_script() {
             .count(),
         3
     );
-    assert!(compose.contains(r#""--port", "6379", "--save", "", "--appendonly", "no""#));
+    // The same persistence: AOF fsynced every second, on a named volume in compose (the script
+    // keeps it in its run directory).
+    assert!(compose.contains(
+        r#""--port", "6379", "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/data""#
+    ));
+    assert!(compose.contains("- redis-data:/data") && compose.contains("\n  redis-data:\n"));
     assert!(compose.contains("./deploy/nginx.conf:/etc/nginx/nginx.conf:ro"));
     assert!(nginx.contains("listen 127.0.0.1:8080;"));
     assert_eq!(
         compose.matches("network_mode: host").count(),
-        3,
-        "redis, the gateway anchor and nginx"
+        5,
+        "redis, the gateway anchor, nginx, prometheus and grafana"
+    );
+    // Gateways that exit are started again by both.
+    assert!(compose.contains("restart: unless-stopped"));
+    assert!(script.contains("exited; starting it again"));
+    // The image is built once (gateway2 and gateway3 reuse it), runs as a non-root user and has a
+    // health check.
+    assert_eq!(compose.matches("build:").count(), 1);
+    assert_eq!(compose.matches("pull_policy: never").count(), 2);
+    let dockerfile = read_to_string(&root.join("Dockerfile"));
+    assert!(dockerfile.contains("\nUSER chat\n"), "non-root user");
+    assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("/readyz"));
+    assert!(
+        dockerfile.contains("--mount=type=cache"),
+        "dependency builds cached"
     );
     // No other CHAT__ settings in compose than the ones the script sets.
     let compose_keys: std::collections::BTreeSet<&str> = compose
@@ -283,4 +190,64 @@ fn docker_compose_matches_the_local_cluster_script() {
         .map(|w| w.split('=').next().unwrap_or(w))
         .collect();
     assert_eq!(compose_keys, script_keys);
+}
+
+/// The monitoring profile of compose and the script's Prometheus scrape the same gateways with the
+/// same file, and the Grafana dashboard only charts metrics the gateway exports.
+#[test]
+fn monitoring_profile_matches_the_local_cluster_script() {
+    let root = workspace_root();
+    let compose = read_to_string(&root.join("docker-compose.yml"));
+    let script = read_to_string(&root.join("deploy/local-cluster"));
+    let prometheus = read_to_string(&root.join("deploy/prometheus.yml"));
+
+    assert_eq!(compose.matches(r#"profiles: ["monitoring"]"#).count(), 2);
+    assert!(compose.contains("./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"));
+    assert!(compose.contains("--web.listen-address=127.0.0.1:9090"));
+    assert!(script.contains("prometheus_port=${CHAT_PROMETHEUS_PORT:-9090}"));
+    assert!(script.contains(r#""$repo/deploy/prometheus.yml""#));
+    assert!(script.contains("--web.listen-address=\"127.0.0.1:$prometheus_port\""));
+    assert!(
+        prometheus.contains(r#"targets: ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"]"#)
+    );
+    assert!(prometheus.contains("metrics_path: /metrics"));
+    // Grafana: the data source points at that Prometheus, the dashboard file is mounted.
+    let datasource =
+        read_to_string(&root.join("deploy/grafana/provisioning/datasources/prometheus.yml"));
+    assert!(datasource.contains("url: http://127.0.0.1:9090"));
+    assert!(compose.contains(
+        "./deploy/grafana/chat-cluster.json:/var/lib/grafana/dashboards/chat-cluster.json:ro"
+    ));
+
+    let dashboard: chat_tests::serde_json::Value = chat_tests::serde_json::from_str(
+        &read_to_string(&root.join("deploy/grafana/chat-cluster.json")),
+    )
+    .expect("the dashboard is JSON");
+    let exported = [
+        "crates/gateway/src/metrics.rs",
+        "crates/backend/src/redis_backend/mod.rs",
+        "crates/backend/src/redis_backend/broker.rs",
+    ]
+    .map(|p| read_to_string(&root.join(p)))
+    .join("\n");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "a dashboard worth the name");
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("chat_"));
+            for name in names {
+                let base = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(name);
+                assert!(
+                    exported.contains(&format!("\"{base}\"")),
+                    "the dashboard charts {name}, which the gateway does not export"
+                );
+            }
+        }
+    }
 }

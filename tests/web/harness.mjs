@@ -88,7 +88,11 @@ class Proc {
     fs.closeSync(out);
     this.pid = this.child.pid;
     this.exited = false;
-    this.child.on('exit', () => { this.exited = true; });
+    // `exited` is also set when a stop is asked for; `gone` resolves only once the process is
+    // really gone (its port is free again).
+    this.gone = new Promise((resolve) => {
+      this.child.on('exit', () => { this.exited = true; resolve(); });
+    });
     processes.add(this);
   }
 
@@ -154,8 +158,11 @@ export async function startGateway({ env = {}, port, label = 'gateway' } = {}) {
   /** SIGTERM (by PID): a graceful shutdown that closes sessions with 1012. */
   gateway.terminate = () => { try { process.kill(gateway.proc.pid, 'SIGTERM'); } catch (_) { /* gone */ } };
   gateway.restart = async () => {
-    gateway.proc.kill9();
-    // The old process may hold the port for a moment after SIGKILL.
+    const old = gateway.proc;
+    old.kill9();
+    // Until the old process is really gone it holds the port, and would even answer /readyz in
+    // the new one's place.
+    await Promise.race([old.gone, new Promise((resolve) => setTimeout(resolve, 30000))]);
     await waitFor(async () => {
       try {
         await gateway.start();

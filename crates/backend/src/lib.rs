@@ -76,6 +76,19 @@ pub trait Store: Send + Sync + 'static {
     /// nodes at once: each expired user is reported to exactly one caller.
     async fn reap_presence(&self, room: &RoomId) -> Result<Vec<Reaped>>;
 
+    /// [`Store::reap_presence`] for many rooms in one call: how a node's upkeep reaps every room it
+    /// serves each tick. Returns only rooms that lost someone.
+    async fn reap_presence_many(&self, rooms: &[RoomId]) -> Result<Vec<(RoomId, Vec<Reaped>)>> {
+        let mut out = Vec::new();
+        for room in rooms {
+            let reaped = self.reap_presence(room).await?;
+            if !reaped.is_empty() {
+                out.push((room.clone(), reaped));
+            }
+        }
+        Ok(out)
+    }
+
     /// Appends a message to the room's log under the next seq and publishes it on the room's
     /// channel, atomically.
     async fn post(&self, room: &RoomId, draft: &Draft) -> Result<Posted>;

@@ -338,8 +338,13 @@ async fn opens_without_redis_and_connects_when_it_appears_but_rejects_bad_config
         let port = free_port();
         let mut cfg = chat_backend::redis_backend::RedisConfig {
             url: format!("redis://127.0.0.1:{port}/"),
+            prefix: "chat:".to_owned(),
+            node_id: "n1".to_owned(),
+            presence_lease_ms: 7500,
+            history_per_room: 1000,
+            cursor_ttl_secs: 3600,
+            pool_size: 4,
             command_timeout_ms: 500,
-            ..Default::default()
         };
         let t = Instant::now();
         let mut backend = chat_backend::redis_backend::open(cfg.clone())

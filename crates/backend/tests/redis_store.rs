@@ -1534,3 +1534,45 @@ async fn cursors_advance_in_batches_with_the_same_rules() {
     })
     .await;
 }
+
+/// A presence refresh renews everything a node vouches for; one room's damaged keys skip that
+/// room's entry only, instead of failing the refresh (and letting every other user's presence
+/// lapse).
+#[tokio::test]
+async fn a_refresh_skips_a_damaged_room_and_renews_the_others() {
+    bounded(async {
+        let server = RedisServer::start();
+        let a = open(config(&server, "node-a")).await;
+        let (good, bad) = (room("good"), room("bad"));
+        let ann = user("ann");
+        let mut entries = Vec::new();
+        for r in [&good, &bad] {
+            let joined = a
+                .store
+                .join(&JoinRequest {
+                    room: r,
+                    user: &ann,
+                    user_name: "Ann",
+                    room_name: None,
+                })
+                .await
+                .expect("join");
+            entries.push(joined_entry(
+                r,
+                &ann,
+                "Ann",
+                &joined.head.epoch,
+                joined.presence_seq,
+            ));
+        }
+        raw(&server, &["DEL", "chat:room:{bad}:members"]).await;
+        raw(&server, &["SET", "chat:room:{bad}:members", "damaged"]).await;
+        let before = raw(&server, &["ZSCORE", "chat:room:{good}:online", "ann"]).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let refreshed = a.store.refresh_presence(&entries).await.expect("refresh");
+        assert_eq!(refreshed, Refreshed::default());
+        let after = raw(&server, &["ZSCORE", "chat:room:{good}:online", "ann"]).await;
+        assert_ne!(before, after, "the good room's presence was renewed");
+    })
+    .await;
+}

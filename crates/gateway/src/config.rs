@@ -29,6 +29,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub log: LogSettings,
     pub web: WebSettings,
+    pub websocket: WebSocketSettings,
 }
 
 /// `[server]`
@@ -39,6 +40,7 @@ pub struct ServerSettings {
     pub listen: String,
     pub node_id: String,
     pub shutdown_grace_secs: u64,
+    pub drain_secs: u64,
 }
 
 /// `[heartbeat]`
@@ -127,6 +129,14 @@ pub struct RedisSettings {
 pub struct LogSettings {
     pub level: String,
     pub format: String,
+}
+
+/// `[websocket]`: the socket driver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct WebSocketSettings {
+    pub write_delay_ms: u64,
 }
 
 /// `[web]`: the browser chat served at `/`.
@@ -230,6 +240,9 @@ impl Settings {
         if !(10..=60_000).contains(&self.cluster.cursor_flush_ms) {
             return invalid("cluster.cursor_flush_ms must be between 10 and 60000");
         }
+        if self.websocket.write_delay_ms > 1000 {
+            return invalid("websocket.write_delay_ms must be at most 1000");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format must be \"text\" or \"json\"");
         }
@@ -290,6 +303,7 @@ mod tests {
         assert_eq!(s.limits.max_frame_bytes, 65536);
         assert_eq!(s.history.per_room, 1000);
         assert_eq!(s.presence.ttl_secs, 15);
+        assert_eq!(s.server.drain_secs, 5);
         assert_eq!(s.redis.prefix, "chat:");
         assert!(s.redis.url.is_empty());
         assert_eq!(s.web.default_rooms, ["lobby", "games", "music", "tech"]);
@@ -370,5 +384,23 @@ mod tests {
             Settings::load_with_env(None, env(&[("CHAT__SERVER__LISTN", "x")])).expect_err("typo");
         assert!(err.to_string().contains("listn"), "{err}");
         assert!(Settings::load(Some(Path::new("/nonexistent/chat.toml"))).is_err());
+        for (key, value) in [
+            ("CHAT__WEBSOCKET__WRITE_DELAY_MS", "1001"),
+            ("CHAT__CLUSTER__CURSOR_FLUSH_MS", "0"),
+        ] {
+            let err = Settings::load_with_env(None, env(&[(key, value)])).expect_err(key);
+            let name = key.rsplit("__").next().unwrap_or(key).to_lowercase();
+            assert!(err.to_string().contains(&name), "{key}: {err}");
+        }
+        let ok = Settings::load_with_env(None, env(&[("CHAT__WEBSOCKET__WRITE_DELAY_MS", "5")]))
+            .expect("a write delay");
+        assert_eq!(ok.websocket.write_delay_ms, 5);
+        assert_eq!(
+            Settings::defaults()
+                .expect("defaults")
+                .websocket
+                .write_delay_ms,
+            0
+        );
     }
 }

@@ -6,9 +6,10 @@
 //! | `GET /api/rooms` | `{"rooms":[{roomId, roomName, num, total, seq, epoch}]}` |
 //! | `GET /api/rooms/{id}/messages?before=&limit=` | `{"roomId","epoch","messages":[...]}` |
 //! | `GET /api/rooms/{id}/members` | `{"roomId","members":[userId…]}`: who joined and has not logged out |
-//! | `GET /api/node` | `{"node","backend","connections","legacy":{"connections","rejected"}}`: which node answered, and its load |
+//! | `GET /api/node` | `{"node","backend","connections","presenceLeaseMs","draining","legacy":{"connections","rejected"}}`: which node answered, and its load |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when the store and the broker answer and the node is not shutting down, else 503 |
+//! | `GET /readyz` | 200 when the store and the broker answer and the node is not draining or shutting down, else 503 |
+//! | `GET /metrics` | Prometheus text exposition ([`crate::metrics`]) |
 //!
 //! The browser chat (`/`, `/chat-client.js`, its assets and `/api/web-config`) is in [`crate::web`];
 //! a WebSocket upgrade of `/` (the legacy dialect, [`crate::legacy`]) is routed there too.
@@ -41,6 +42,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/node", get(node_info))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(prometheus))
         .merge(web::routes())
         .with_state(node)
 }
@@ -52,7 +54,7 @@ async fn upgrade(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade) -> Re
 /// Accepts a WebSocket upgrade with the configured limits; `legacy`: the connection speaks the
 /// classic tutorial client's dialect (`GET /`, see [`crate::legacy`]) instead of v1.
 pub(crate) fn accept(node: Arc<Node>, upgrade: WebSocketUpgrade, legacy: bool) -> Response {
-    if node.shutdown.is_cancelled() {
+    if node.shutdown.is_cancelled() || node.drain.is_draining() {
         return api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
@@ -174,6 +176,9 @@ async fn node_info(State(node): State<Arc<Node>>) -> Response {
         "node": node.id,
         "backend": node.backend_kind,
         "connections": node.sessions.len(),
+        // How long this node's presence entries live after a refresh (chatctl's lease age).
+        "presenceLeaseMs": node.settings.presence.ttl_secs * 1000 / 2,
+        "draining": node.drain.is_draining(),
         "legacy": {
             "connections": node.legacy.connections(),
             "rejected": node.legacy.rejected(),
@@ -182,7 +187,28 @@ async fn node_info(State(node): State<Arc<Node>>) -> Response {
     .into_response()
 }
 
+async fn prometheus(State(node): State<Arc<Node>>) -> Response {
+    match crate::metrics::render(&node) {
+        Some(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed\n",
+        )
+            .into_response(),
+    }
+}
+
 async fn ready(State(node): State<Arc<Node>>) -> Response {
+    if node.drain.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
     if node.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }

@@ -263,6 +263,7 @@ impl LocalStream {
 
     /// Adopts a new epoch: the log was recreated, seqs start over.
     fn reset_epoch(&mut self, epoch: &str) {
+        metrics::counter!(crate::metrics::EPOCH_CHANGES).increment(1);
         tracing::warn!(stream = ?self.key, old = %self.epoch, new = %epoch, "stream epoch changed: its log was reset");
         self.epoch = Arc::from(epoch);
         self.last = 0;
@@ -512,7 +513,10 @@ impl Hub {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 event = events.recv() => match event {
-                    Some(event) => self.apply(event).await,
+                    Some(event) => {
+                        metrics::gauge!(crate::metrics::BROKER_QUEUE_DEPTH).set(events.len() as f64);
+                        self.apply(event).await
+                    }
                     None => return,
                 },
                 _ = retry.tick() => self.sync_streams(false).await,
@@ -732,6 +736,8 @@ impl Hub {
         stream.drain_pending();
         stream.needs_sync = !stream.pending.is_empty();
         if recovered > 0 {
+            metrics::counter!(crate::metrics::GAP_FILLS).increment(1);
+            metrics::histogram!(crate::metrics::GAP_FILL_MESSAGES).record(recovered as f64);
             tracing::info!(stream = ?key, recovered, "filled a gap from the log");
         }
         Ok(())

@@ -13,17 +13,22 @@
 //! - [`web`]: the browser chat's embedded page and client library.
 //! - [`legacy`]: the classic tutorial client's dialect on `GET /`, translated at the edge.
 //! - [`presence`]: keeps this node's presence alive in the cluster and reaps dead nodes' users.
+//! - [`drain`]: leaving the cluster on SIGTERM: not ready, sessions closed with 1012 over
+//!   `server.drain_secs`, presence removed without spurious `logout` notices.
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //!
-//! [`run`] serves on a listener until a shutdown token fires, then closes every session with 1012
-//! and waits for them.
+//! [`run`] serves on a listener until a shutdown token fires, then drains (see [`drain`]) and
+//! stops.
 
 pub mod config;
 pub mod cursors;
 pub mod delivery;
+pub mod drain;
 pub mod http;
 pub mod hub;
 pub mod legacy;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod session;
@@ -66,8 +71,10 @@ pub async fn open_backend(settings: &Settings, node_id: &str) -> Result<Backend,
     Ok(chat_backend::redis_backend::open(config).await?)
 }
 
-/// Serves HTTP and WebSocket on `listener` until `shutdown` is cancelled, then closes sessions
-/// with 1012 and waits up to `server.shutdown_grace_secs` for them to finish.
+/// Serves HTTP and WebSocket on `listener` until `shutdown` is cancelled, then drains: `/readyz`
+/// turns 503, new WebSockets are refused, sessions are closed with 1012 spread over
+/// `server.drain_secs` (waiting up to `server.shutdown_grace_secs` for them to finish), presence is
+/// removed, and only then does the listener close and cursors get their last flush.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -85,18 +92,31 @@ pub async fn run(
         events,
         kind,
     } = backend;
-    let node = Node::new(node_id, settings, store, broker, kind, shutdown.clone());
+    // The node's own stop signal fires only after the drain: until then its routes answer (503 on
+    // /readyz), its pump delivers and its presence upkeep runs.
+    let stop = CancellationToken::new();
+    let node = Node::new(node_id, settings, store, broker, kind, stop.clone());
+    metrics::handle();
     let sync_interval = Duration::from_secs(node.settings.cluster.sync_interval_secs);
 
     let background = tokio_util::task::TaskTracker::new();
     background.spawn(
         node.hub
             .clone()
-            .run_pump(events, sync_interval, shutdown.clone()),
+            .run_pump(events, sync_interval, node.shutdown.clone()),
     );
     background.spawn(presence::run(node.clone()));
     background.spawn(flush_cursors(node.clone()));
     background.close();
+    let draining = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            node.drain.start(node.backend_kind != "memory");
+            drain::run(&node).await;
+            stop.cancel();
+        })
+    };
 
     tracing::info!(
         node = %node.id,
@@ -111,20 +131,12 @@ pub async fn run(
         }
     });
     axum::serve(listener, http::router(node.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .with_graceful_shutdown(node.shutdown.clone().cancelled_owned())
         .await?;
-
+    // The server stops only once the drain is over (or failed and the node stops anyway).
+    let _ = draining.await;
     node.sessions.close();
     let grace = Duration::from_secs(node.settings.server.shutdown_grace_secs);
-    if tokio::time::timeout(grace, node.sessions.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = node.sessions.len(),
-            "sessions still running after the shutdown grace period"
-        );
-    }
     // Give the broker a moment to deliver the last offline notices before the pump stops.
     let _ = tokio::time::timeout(Duration::from_secs(1), background.wait()).await;
     // Acks collected since the last flush.

@@ -84,6 +84,6 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    tracing::info!("shutdown requested: closing sessions with 1012");
+    tracing::info!("shutdown requested: draining (not ready; sessions closed with 1012)");
     shutdown.cancel();
 }

@@ -44,6 +44,8 @@ pub struct Node {
     presence_locks: Vec<Mutex<()>>,
     /// Acknowledged read positions waiting to be written in one batch.
     pub cursors: CursorBatch,
+    /// Draining state: not ready, live connections to close, deferred presence removals.
+    pub drain: crate::drain::Drain,
     /// Held shared by every presence removal (logout, a user's last connection gone) across its
     /// store call, and exclusively by the presence upkeep across its snapshot and refresh: a
     /// refresh built before a removal can then never be applied after it and bring the user back.
@@ -80,6 +82,7 @@ impl Node {
             presence_barrier: RwLock::new(()),
             delivery: crate::delivery::Counters::default(),
             cursors: CursorBatch::new(),
+            drain: Default::default(),
             settings,
         })
     }

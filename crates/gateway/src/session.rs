@@ -256,6 +256,7 @@ impl Session {
     }
 
     fn reply_error(&mut self, error: ProtocolError) {
+        metrics::counter!(crate::metrics::ERRORS, "code" => error.code.as_str()).increment(1);
         self.reply(&ServerFrame::from(error));
     }
 
@@ -277,9 +278,16 @@ impl Session {
             ClientFrame::Logout { room_id } => self.logout(room_id).await,
             ClientFrame::Message(post) => {
                 let reference = post.client_msg_id.clone();
-                self.post(post).await.map_err(|e| e.with_ref(reference))
+                let posted = self.post(post).await;
+                if posted.is_ok() {
+                    crate::metrics::hot().posts.increment(1);
+                }
+                posted.map_err(|e| e.with_ref(reference))
             }
-            ClientFrame::Ack { stream, seq, epoch } => self.ack(stream, seq, epoch).await,
+            ClientFrame::Ack { stream, seq, epoch } => {
+                crate::metrics::hot().acks.increment(1);
+                self.ack(stream, seq, epoch).await
+            }
             ClientFrame::History(request) => self.history(request).await,
             ClientFrame::HeartBeat => {
                 self.reply(&ServerFrame::pong());
@@ -521,6 +529,8 @@ impl Session {
         let (recovered, oldest_seq) = self.gap(&key, known, through, &replay).await;
         let first_login = self.user.is_none();
         if first_login {
+            // The connection's span (ws.rs) names the user in every later log line of it.
+            tracing::Span::current().record("user", req.user_id.as_str());
             self.user = Some(Identity {
                 id: req.user_id.clone(),
                 name: req.user_name.clone(),
@@ -951,6 +961,10 @@ impl Session {
             let removal = node.presence_barrier.read().await;
             let guard = node.presence_guard(&room, &user.id).await;
             if !node.hub.leave_room(&room, &user.id, self.conn.id) {
+                continue;
+            }
+            // Draining: the user is probably back on another node in a moment (see drain.rs).
+            if node.drain.defer_offline(&room, &user.id, &user.name) {
                 continue;
             }
             match node.store.go_offline(&room, &user.id).await {

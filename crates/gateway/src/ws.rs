@@ -15,6 +15,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tracing::Instrument;
 
 use crate::hub::{ConnHandle, Outbound};
 use crate::node::Node;
@@ -39,14 +40,54 @@ pub async fn drive(socket: WebSocket, node: Arc<Node>) {
 /// Runs one connection to its end, then cleans up its session; `legacy`: it speaks the classic
 /// tutorial client's dialect ([`crate::legacy`]).
 pub async fn drive_as(socket: WebSocket, node: Arc<Node>, legacy: bool) {
-    let (tx, mut rx) = mpsc::channel(node.settings.limits.outbound_queue);
+    let (tx, rx) = mpsc::channel(node.settings.limits.outbound_queue);
     let conn = ConnHandle::new(node.hub.next_conn_id(), tx);
+    // Every log line of this connection (errors included) names the node, the connection and,
+    // once logged in, the user; rooms are named by each line.
+    let span = tracing::info_span!(
+        "conn",
+        node = %node.id,
+        conn = conn.id,
+        user = tracing::field::Empty
+    );
+    drive_conn(socket, node, legacy, conn, rx)
+        .instrument(span)
+        .await;
+}
+
+async fn drive_conn(
+    socket: WebSocket,
+    node: Arc<Node>,
+    legacy: bool,
+    conn: ConnHandle,
+    mut rx: mpsc::Receiver<Outbound>,
+) {
     let mut session = Session::new(node.clone(), conn.clone());
     if legacy {
         session = session.speaking_legacy();
     }
+    let registration = node.drain.register(&conn);
+    if node.drain.is_draining() {
+        // Upgraded just as the drain began, after its sweep: close it like the others.
+        conn.kill(close::SERVICE_RESTART);
+    }
+    let opened = Instant::now();
+    metrics::counter!(crate::metrics::CONNECTIONS_OPENED).increment(1);
+    tracing::debug!(legacy, "connection open");
     let (mut sink, mut stream) = socket.split();
     let ending = run(&node, &conn, &mut session, &mut sink, &mut stream, &mut rx).await;
+    drop(registration);
+    let (code, reason) = match &ending {
+        Ending::Close(code, reason) => (code.to_string(), *reason),
+        Ending::Gone => ("gone".to_owned(), "client gone"),
+    };
+    tracing::debug!(
+        code = %code,
+        reason,
+        secs = opened.elapsed().as_secs_f64(),
+        "connection closed"
+    );
+    metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "code" => code).increment(1);
 
     if let Ending::Close(code, reason) = ending {
         let frame = CloseFrame {
@@ -62,7 +103,6 @@ pub async fn drive_as(socket: WebSocket, node: Arc<Node>, legacy: bool) {
     }
     drop(sink);
     session.finish().await;
-    tracing::debug!(conn = conn.id, "connection finished");
 }
 
 async fn run(
@@ -75,6 +115,7 @@ async fn run(
 ) -> Ending {
     let idle_timeout = node.settings.idle_timeout();
     let write_timeout = Duration::from_secs(node.settings.limits.write_timeout_secs);
+    let write_delay = Duration::from_millis(node.settings.websocket.write_delay_ms);
     let mut ping = tokio::time::interval_at(
         Instant::now() + node.settings.ping_interval(),
         node.settings.ping_interval(),
@@ -93,10 +134,17 @@ async fn run(
         // Unbiased on purpose: a busy room must not starve reading the client (its pongs keep it
         // alive), and a chatty client must not starve its own deliveries.
         tokio::select! {
-            code = conn.killed() => return Ending::Close(code, "slow consumer"),
+            code = conn.killed() => return Ending::Close(code, match code {
+                close::SERVICE_RESTART => "server restarting",
+                _ => "slow consumer",
+            }),
             _ = node.shutdown.cancelled() => return Ending::Close(close::SERVICE_RESTART, "server restarting"),
             item = rx.recv() => {
                 let Some(item) = item else { return Ending::Gone };
+                if !write_delay.is_zero() {
+                    // Let more frames queue up behind this one: one write for all of them.
+                    tokio::time::sleep(write_delay).await;
+                }
                 match timeout(write_timeout, write_batch(session, sink, rx, Some(item))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(())) => return Ending::Gone,
@@ -112,7 +160,10 @@ async fn run(
                 };
                 last_heard = Instant::now();
                 match message {
-                    Message::Text(text) => session.on_text(text.as_str()).await,
+                    Message::Text(text) => {
+                        crate::metrics::hot().frames_in.increment(1);
+                        session.on_text(text.as_str()).await
+                    }
                     Message::Binary(_) => session.on_binary(),
                     // tungstenite answers pings itself; pongs only prove the client is alive.
                     Message::Ping(_) | Message::Pong(_) => {}
@@ -142,7 +193,10 @@ async fn write_batch(
     rx: &mut mpsc::Receiver<Outbound>,
     first: Option<Outbound>,
 ) -> Result<(), ()> {
+    // Everything queued behind the first item: the connection's backlog at its deepest point.
+    crate::metrics::outbound_depth(rx.len() + usize::from(first.is_some()));
     let replies: Vec<_> = session.take_replies().collect();
+    let mut frames = replies.len() as u64;
     // Each mark with its frame: an acking client's session keeps the (shared) frame for resending.
     let mut marks = Vec::new();
     for reply in replies {
@@ -163,6 +217,7 @@ async fn write_batch(
                 }
                 if let Some(text) = session.outbound_text(text, legacy.as_ref()) {
                     sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+                    frames += 1;
                 }
             }
             Outbound::Left(room) => session.on_left(&room),
@@ -173,6 +228,9 @@ async fn write_batch(
         }
     }
     sink.flush().await.map_err(|_| ())?;
+    let hot = crate::metrics::hot();
+    hot.frames_out.increment(frames);
+    hot.deliveries.increment(marks.len() as u64);
     for (mark, text) in &marks {
         session.on_written(mark, text);
     }

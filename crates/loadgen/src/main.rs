@@ -59,6 +59,13 @@ struct Args {
     /// Receivers ack every K-th message they get (cumulative `ack`); 0 = never ack.
     #[arg(long, default_value_t = 0)]
     ack_every: u64,
+    /// A local Redis server's process id: its CPU over the measured window is reported per post.
+    #[arg(long)]
+    redis_pid: Option<u32>,
+    /// That Redis's port on 127.0.0.1: its command statistics are reset when the window opens and
+    /// reported per post when it closes.
+    #[arg(long)]
+    redis_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -174,7 +181,12 @@ async fn open_all(args: &Args) -> Vec<(Socket, String)> {
 async fn fanout(args: &Args, secs: u64) {
     let started = Instant::now();
     let sockets = open_all(args).await;
+    // The window is steady traffic only: joins before it, disconnects after it are not counted.
     let cpu_before: Option<u64> = args.pid.iter().map(|p| cpu_ticks(*p)).sum();
+    let redis_before = args.redis_pid.and_then(cpu_ticks);
+    if let Some(port) = args.redis_port {
+        let _ = redis_inline(port, "CONFIG RESETSTAT").await;
+    }
     eprintln!(
         "{} clients joined {} rooms in {:.1?}",
         sockets.len(),
@@ -187,6 +199,21 @@ async fn fanout(args: &Args, secs: u64) {
     ));
     let stop_at = Instant::now() + Duration::from_secs(secs);
     let drain_until = stop_at + Duration::from_secs(3);
+    // Snapshot the processes just before the clients start closing.
+    let snapshot = {
+        let pids = args.pid.clone();
+        let (redis_pid, redis_port) = (args.redis_pid, args.redis_port);
+        tokio::spawn(async move {
+            tokio::time::sleep_until((drain_until - Duration::from_millis(200)).into()).await;
+            let gateways: Option<u64> = pids.iter().map(|p| cpu_ticks(*p)).sum();
+            let redis = redis_pid.and_then(cpu_ticks);
+            let stats = match redis_port {
+                Some(port) => redis_inline(port, "INFO commandstats").await.ok(),
+                None => None,
+            };
+            (gateways, redis, stats)
+        })
+    };
     let posters = args.posters.min(sockets.len()).max(1);
     let ack_every = args.ack_every;
     let per_poster_interval = Duration::from_secs_f64(posters as f64 / args.rate.max(1) as f64);
@@ -244,7 +271,7 @@ async fn fanout(args: &Args, secs: u64) {
     for task in tasks {
         let _ = task.await;
     }
-    let cpu_after: Option<u64> = args.pid.iter().map(|p| cpu_ticks(*p)).sum();
+    let (cpu_after, redis_after, redis_stats) = snapshot.await.unwrap_or((None, None, None));
     let h = histogram.lock().await;
     let sent = totals.sent.load(Ordering::Relaxed);
     let received = totals.received.load(Ordering::Relaxed);
@@ -268,6 +295,33 @@ async fn fanout(args: &Args, secs: u64) {
             cpu_ms as f64 * 1000.0 / received.max(1) as f64
         );
     }
+    if let (Some(before), Some(after)) = (redis_before, redis_after) {
+        let cpu_ms = after.saturating_sub(before) * 10;
+        println!(
+            "redis_cpu_ms={cpu_ms} redis_cpu_us_per_post={:.1}",
+            cpu_ms as f64 * 1000.0 / sent.max(1) as f64
+        );
+    }
+    if let Some(stats) = redis_stats {
+        // `cmdstat_NAME:calls=N,usec=U,usec_per_call=X,...`
+        for line in stats.lines().filter_map(|l| l.strip_prefix("cmdstat_")) {
+            let Some((name, fields)) = line.split_once(':') else {
+                continue;
+            };
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            println!(
+                "  redis {name:<20} per_post={:6.2} usec_per_call={:6.2}",
+                field("calls=") / sent.max(1) as f64,
+                field("usec_per_call=")
+            );
+        }
+    }
     println!(
         "latency_ms p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2}",
         h.value_at_quantile(0.50) as f64 / 1000.0,
@@ -276,6 +330,35 @@ async fn fanout(args: &Args, secs: u64) {
         h.value_at_quantile(0.999) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     );
+}
+
+/// Sends one inline command to a local Redis and returns its reply text (a status line or a bulk
+/// string; enough for RESETSTAT and INFO, which is all the load generator asks).
+async fn redis_inline(port: u16, command: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    conn.write_all(format!("{command}\r\n").as_bytes()).await?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("redis did not answer"))??;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        // A status reply is one line; a bulk reply announces its length on the first line.
+        if let Some((head, body)) = text.split_once("\r\n") {
+            match head.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+                Some(len) if body.len() >= len => return Ok(body[..len].to_owned()),
+                Some(_) => continue,
+                None => return Ok(head.to_owned()),
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
 /// utime + stime of a process, in clock ticks.
@@ -303,7 +386,8 @@ fn rss_kib(pid: u32) -> Option<u64> {
 async fn idle(args: &Args, secs: u64) {
     let before: Option<u64> = args.pid.iter().map(|p| rss_kib(*p)).sum();
     let sockets = open_all(args).await;
-    tokio::time::sleep(Duration::from_secs(secs.min(5))).await;
+    // Held for --secs (at most 600), so a caller can measure the servers while they are idle.
+    tokio::time::sleep(Duration::from_secs(secs)).await;
     let after: Option<u64> = args.pid.iter().map(|p| rss_kib(*p)).sum();
     println!("mode=idle clients={} rooms={}", sockets.len(), args.rooms);
     match (before, after) {

@@ -194,6 +194,7 @@ async fn reconnect(
                 match resubscribe(&mut sink, &state.channels, shared.timeout).await {
                     Ok(()) => {
                         state.sink = Some(sink.clone());
+                        metrics::counter!("chat_redis_pubsub_reconnects_total").increment(1);
                         tracing::info!(
                             attempt,
                             channels = state.channels.len(),

@@ -38,44 +38,30 @@ use self::keys::Keys;
 use self::reply::map_error;
 use self::scripts::Scripts;
 
-/// Settings of the Redis backend.
+/// Settings of the Redis backend. It has no defaults of its own: the gateway fills every field
+/// from its settings, whose defaults live only in `config/default.toml`.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` (or `rediss://` when TLS is compiled in).
     pub url: String,
-    /// Prefix of every key and channel, default `chat:`; lets several clusters share one Redis.
+    /// Prefix of every key and channel (`redis.prefix`); lets several clusters share one Redis.
     pub prefix: String,
     /// This node's id, unique in the cluster (it tags this node's presence entries). Must not
     /// contain `|`.
     pub node_id: String,
     /// How long a presence entry lives after its node's last refresh (the lease), in ms; a dead
     /// node's users are reaped once it has run out. The node must refresh well within it: the
-    /// gateway uses half of `presence.ttl_secs` and refreshes every quarter. Default 7500.
+    /// gateway uses half of `presence.ttl_secs` and refreshes every quarter.
     pub presence_lease_ms: u64,
-    /// Messages kept per room log and per direct-message inbox. Default 1000.
+    /// Messages kept per room log and per direct-message inbox (`history.per_room`).
     pub history_per_room: usize,
     /// How long a user's read cursors (their offline position in each room) survive without any
-    /// activity. Default 7 days.
+    /// activity (`offline.ttl_secs`).
     pub cursor_ttl_secs: u64,
-    /// Connections in the command pool. Default 16.
+    /// Connections in the command pool (`redis.pool_size`).
     pub pool_size: usize,
-    /// Upper bound of every backend call, in milliseconds. Default 1000.
+    /// Upper bound of every backend call, in milliseconds (`redis.command_timeout_ms`).
     pub command_timeout_ms: u64,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            url: "redis://127.0.0.1:6379/".to_owned(),
-            prefix: "chat:".to_owned(),
-            node_id: format!("node-{:08x}", rand::random::<u32>()),
-            presence_lease_ms: 7500,
-            history_per_room: 1000,
-            cursor_ttl_secs: 7 * 24 * 3600,
-            pool_size: 16,
-            command_timeout_ms: 1000,
-        }
-    }
 }
 
 impl RedisConfig {
@@ -276,14 +262,24 @@ impl Redis {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = std::result::Result<T, RedisError>>,
     {
-        self.timed(what, async {
-            let (generation, conn) = self.shared.get().await?;
-            op(conn).await.map_err(|e| {
-                self.shared.discard(generation, &e);
-                map_error(what, &e)
+        let started = std::time::Instant::now();
+        let result = self
+            .timed(what, async {
+                let (generation, conn) = self.shared.get().await?;
+                op(conn).await.map_err(|e| {
+                    self.shared.discard(generation, &e);
+                    map_error(what, &e)
+                })
             })
-        })
-        .await
+            .await;
+        // Every command, script and pipeline goes through here: one histogram per `what` (a fixed
+        // set of operation names, so bounded cardinality).
+        metrics::histogram!("chat_redis_command_seconds", "what" => what.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics::counter!("chat_redis_errors_total", "what" => what.to_owned()).increment(1);
+        }
+        result
     }
 
     /// One command.

@@ -26,6 +26,9 @@ use crate::{
 /// never blocks Redis (single-threaded) for long, however many connections the node holds.
 const REFRESH_CHUNK: usize = 256;
 
+/// Rooms per `reap_presence` script call.
+const REAP_CHUNK: usize = 256;
+
 /// Streams per pipelined `heads` read.
 const HEADS_CHUNK: usize = 512;
 
@@ -372,31 +375,55 @@ impl Store for RedisStore {
     }
 
     async fn reap_presence(&self, room: &RoomId) -> Result<Vec<Reaped>> {
+        let mut all = self.reap_presence_many(std::slice::from_ref(room)).await?;
+        Ok(all.pop().map(|(_, reaped)| reaped).unwrap_or_default())
+    }
+
+    async fn reap_presence_many(&self, rooms: &[RoomId]) -> Result<Vec<(RoomId, Vec<Reaped>)>> {
         const W: &str = "reap_presence";
-        let mut inv = self.scripts.reap.prepare_invoke();
-        inv.key(self.keys.room_online(room))
-            .key(self.keys.room_conns(room))
-            .key(self.keys.room_names(room))
-            .key(self.keys.room_members(room))
-            .key(self.keys.room_meta(room));
-        let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
-        let counts = counts(W, &next(W, &mut it)?, &next(W, &mut it)?)?;
-        let mut reaped = Vec::new();
-        while let Some(user) = it.next() {
-            let user = reply::string(W, user)?;
-            let user_name = reply::string(W, next(W, &mut it)?)?;
-            let presence_seq = reply::uint(W, &next(W, &mut it)?)?;
-            match UserId::new(user.as_str()) {
-                Ok(user) => reaped.push(Reaped {
-                    user,
-                    user_name,
-                    counts,
-                    presence_seq,
-                }),
-                Err(e) => tracing::warn!(%room, %user, error = %e, "reaped an invalid user id"),
+        let mut out = Vec::new();
+        for chunk in rooms.chunks(REAP_CHUNK) {
+            let mut inv = self.scripts.reap.prepare_invoke();
+            for room in chunk {
+                inv.key(self.keys.room_online(room))
+                    .key(self.keys.room_conns(room))
+                    .key(self.keys.room_names(room))
+                    .key(self.keys.room_members(room))
+                    .key(self.keys.room_meta(room));
+            }
+            let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
+            while let Some(index) = it.next() {
+                let index = reply::int(W, &index)?;
+                let room = usize::try_from(index)
+                    .ok()
+                    .and_then(|i| i.checked_sub(1))
+                    .and_then(|i| chunk.get(i))
+                    .ok_or_else(|| {
+                        BackendError::Corrupt(format!("{W}: room index {index} out of range"))
+                    })?;
+                let counts = counts(W, &next(W, &mut it)?, &next(W, &mut it)?)?;
+                let n = reply::uint(W, &next(W, &mut it)?)?;
+                let mut reaped = Vec::new();
+                for _ in 0..n {
+                    let user = reply::string(W, next(W, &mut it)?)?;
+                    let user_name = reply::string(W, next(W, &mut it)?)?;
+                    let presence_seq = reply::uint(W, &next(W, &mut it)?)?;
+                    match UserId::new(user.as_str()) {
+                        Ok(user) => reaped.push(Reaped {
+                            user,
+                            user_name,
+                            counts,
+                            presence_seq,
+                        }),
+                        Err(e) => {
+                            tracing::warn!(%room, %user, error = %e, "reaped an invalid user id")
+                        }
+                    }
+                }
+                out.push((room.clone(), reaped));
             }
         }
-        Ok(reaped)
+        Ok(out)
     }
 
     async fn post(&self, room: &RoomId, draft: &Draft) -> Result<Posted> {

@@ -2,7 +2,8 @@
 -- collected this way, every `cluster.cursor_flush_ms`). Same rules per entry: members only (room
 -- streams), positions of another epoch than the log's are ignored, a cursor of an older epoch is
 -- replaced, forward only within an epoch, and the cursors hash keeps the offline-retention TTL.
--- Damaged entries are skipped, not fatal: one user's bad data must not stop everyone's acks.
+-- Damaged entries are skipped, not fatal: one user's bad data must not stop everyone's acks. The TTL
+-- is renewed when a cursor moves (a repeated position is no new activity).
 -- KEYS, stride 3 per entry: the user's cursors HASH, the stream's meta HASH, the room members SET
 -- (for an inbox: the cursors HASH again, unused)
 -- ARGV[1] TTL s, then stride 4 per entry: field, seq, epoch, user ('' for an inbox: no
@@ -14,27 +15,22 @@ for i = 1, #KEYS, 3 do
   local a = 2 + 4 * ((i - 1) / 3)
   local cursors, meta, members = KEYS[i], KEYS[i + 1], KEYS[i + 2]
   local field, seq, epoch, user = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local ok = redis.call('TYPE', cursors)['ok']
-  local meta_ok = redis.call('TYPE', meta)['ok']
-  local members_ok = user == '' or redis.call('TYPE', members)['ok']
-  if (ok == 'hash' or ok == 'none') and (meta_ok == 'hash' or meta_ok == 'none')
-      and (user == '' or members_ok == 'set' or members_ok == 'none') then
-    local current = redis.call('HGET', cursors, field)
-    local cseq, cepoch = nil, nil
-    if current then
-      cseq, cepoch = string.match(current, '^(%d+):([%w_%-]+)$')
-      if not cseq then
-        cseq, cepoch = string.match(current, '^(%d+)$'), ''
-      end
+  local current = try('HGET', cursors, field)
+  local cseq, cepoch = nil, nil
+  if current then
+    cseq, cepoch = string.match(current, '^(%d+):([%w_%-]+)$')
+    if not cseq then
+      cseq, cepoch = string.match(current, '^(%d+)$'), ''
     end
-    local member = user == '' or redis.call('SISMEMBER', members, user) == 1
-    local log_epoch = redis.call('HGET', meta, 'epoch')
-    if (current == false or cseq) and member and log_epoch == epoch then
-      if not cseq or (cepoch ~= '' and cepoch ~= epoch) or tonumber(cseq) < tonumber(seq) then
-        redis.call('HSET', cursors, field, seq .. ':' .. epoch)
-        moved = moved + 1
-      end
-      redis.call('EXPIRE', cursors, ttl)
+  end
+  local member = user == '' or try('SISMEMBER', members, user) == 1
+  -- `current == false`: no cursor yet; nil: the hash is damaged; a string that does not parse:
+  -- a damaged cursor. Damaged entries are left alone.
+  if (current == false or cseq) and member and try('HGET', meta, 'epoch') == epoch then
+    if not cseq or (cepoch ~= '' and cepoch ~= epoch) or tonumber(cseq) < tonumber(seq) then
+      try('HSET', cursors, field, seq .. ':' .. epoch)
+      try('EXPIRE', cursors, ttl)
+      moved = moved + 1
     end
   end
 end

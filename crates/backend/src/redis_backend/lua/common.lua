@@ -204,3 +204,15 @@ end
 local function next_presence_seq(meta)
   return redis.call('HINCRBY', meta, 'pseq', 1)
 end
+
+-- A command whose failure (damaged data: a wrong type, a number that is not one) must not stop a
+-- batch script: the result, or nil and the error. Batch scripts skip the entry instead of failing
+-- every other entry with it, and check nothing up front (a TYPE per key per entry cost more than
+-- the work itself).
+local function try(...)
+  local result = redis.pcall(...)
+  if type(result) == 'table' and result.err then
+    return nil, result.err
+  end
+  return result
+end

@@ -15,14 +15,6 @@
 -- kind 1 = put back online (revived), kind 2 = departed.
 check_type(KEYS[1], 'zset')
 check_type(KEYS[2], 'set')
-for i = 3, #KEYS, 5 do
-  check_type(KEYS[i], 'zset')
-  check_type(KEYS[i + 1], 'zset')
-  check_type(KEYS[i + 2], 'set')
-  check_type(KEYS[i + 3], 'hash')
-  check_type(KEYS[i + 4], 'hash')
-  check_presence_seq(KEYS[i + 4])
-end
 local now = now_ms()
 local exp = now + tonumber(ARGV[2])
 local node = ARGV[1]
@@ -30,6 +22,15 @@ redis.call('ZADD', KEYS[1], 'GT', exp, node)
 -- Nodes that stopped refreshing: their conns entries have expired too.
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now))
 local out = {}
+local function report(kind, n, pseq, online, members)
+  local num = try('ZCOUNT', online, '(' .. int(now), '+inf') or 0
+  local total = try('SCARD', members) or 0
+  table.insert(out, kind)
+  table.insert(out, n)
+  table.insert(out, pseq)
+  table.insert(out, num)
+  table.insert(out, total)
+end
 local n = 0
 for i = 3, #KEYS, 5 do
   n = n + 1
@@ -37,33 +38,41 @@ for i = 3, #KEYS, 5 do
   local user, room, name = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local joined_epoch, joined_at = ARGV[a + 3], tonumber(ARGV[a + 4])
   local conns, online, members, names, meta = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3], KEYS[i + 4]
-  local departed = false
-  if redis.call('SISMEMBER', members, user) == 0 then
-    local pseq = tonumber(redis.call('HGET', meta, 'pseq') or '0')
-    if redis.call('HGET', meta, 'epoch') == joined_epoch and pseq >= joined_at then
-      departed = true
-      local num, total = counts(online, members, now)
-      table.insert(out, 2)
-      table.insert(out, n)
-      table.insert(out, pseq)
-      table.insert(out, num)
-      table.insert(out, total)
-    end
+  -- The common case costs three commands: still a member, renew both expiries. Damaged keys of
+  -- one room skip that entry only (the others are still renewed).
+  local member = try('SISMEMBER', members, user)
+  local meta_fields = nil
+  if member == 0 then
+    meta_fields = try('HMGET', meta, 'epoch', 'pseq')
   end
-  if not departed then
-    redis.call('ZADD', conns, exp, user .. '|' .. node)
-    local added = redis.call('ZADD', online, 'GT', exp, user)
-    redis.call('SADD', members, user)
-    redis.call('HSETNX', names, user, name)
-    redis.call('SADD', KEYS[2], room)
-    if added == 1 then
-      local pseq = next_presence_seq(meta)
-      local num, total = counts(online, members, now)
-      table.insert(out, 1)
-      table.insert(out, n)
-      table.insert(out, pseq)
-      table.insert(out, num)
-      table.insert(out, total)
+  local pseq_ok = meta_fields == nil or meta_fields[2] == false
+    or (string.match(meta_fields[2], '^[1-9]%d*$') ~= nil and #meta_fields[2] <= 15)
+  if member ~= nil and pseq_ok then
+    local departed = false
+    if member == 0 and meta_fields then
+      local pseq = tonumber(meta_fields[2] or '0')
+      if meta_fields[1] == joined_epoch and pseq >= joined_at then
+        departed = true
+        report(2, n, pseq, online, members)
+      end
+    end
+    if not departed then
+      local renewed = try('ZADD', conns, exp, user .. '|' .. node)
+      local added = try('ZADD', online, 'GT', exp, user)
+      if renewed ~= nil and added ~= nil then
+        if member == 0 then
+          -- Lost with Redis's data: what a live connection implies comes back.
+          try('SADD', members, user)
+          try('HSETNX', names, user, name)
+          try('SADD', KEYS[2], room)
+        end
+        if added == 1 then
+          local pseq = try('HINCRBY', meta, 'pseq', 1)
+          if pseq then
+            report(1, n, pseq, online, members)
+          end
+        end
+      end
     end
   end
 end
