@@ -47,6 +47,17 @@ async fn a_client_that_stops_acking_is_resent_to_then_closed_with_4002_and_resum
         })
         .collect();
     assert_eq!(resent, [2, 3, 2, 3]);
+    // Both are visible to operations.
+    let metrics = gw.get("/metrics").await.text();
+    for needle in [
+        "chat_resends_total 4",
+        r#"chat_connections_closed_total{code="4002"} 1"#,
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "/metrics lacks {needle}:\n{metrics}"
+        );
+    }
 
     // Carl, who never acked, got nothing again and is still connected.
     carl.stay_open_for(Duration::from_secs(2)).await;

@@ -358,6 +358,8 @@ impl Session {
                     .delivery
                     .resent_frames
                     .fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                // Rare (a round per ack timeout), so the registry lookup is fine here.
+                metrics::counter!(crate::metrics::RESENDS).increment(frames.len() as u64);
                 tracing::debug!(
                     conn = self.conn.id,
                     frames = frames.len(),
