@@ -1393,6 +1393,32 @@ async fn presence_changes_take_increasing_presence_seqs() {
     .await;
 }
 
+#[tokio::test]
+async fn oldest_is_the_first_seq_history_still_holds() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut cfg = config(&server, "n1");
+        cfg.history_per_room = 3;
+        let backend = open(cfg).await;
+        let r = room("r");
+        let stream = StreamKey::Room(r.clone());
+        assert_eq!(backend.store.oldest(&stream).await.expect("oldest"), None);
+        for i in 1..=5 {
+            backend
+                .store
+                .post(&r, &draft("a", &format!("m{i}")))
+                .await
+                .expect("post");
+        }
+        // Trimmed to the newest 3.
+        assert_eq!(
+            backend.store.oldest(&stream).await.expect("oldest"),
+            Some(3)
+        );
+    })
+    .await;
+}
+
 /// Posts check key types on a room's first post through the node and trust them afterwards; a
 /// key damaged later fails the next post (Corrupt), and every post after that checks again, so
 /// damage is never silently written over.

@@ -16,3 +16,8 @@ pub const SERVICE_RESTART: u16 = 1012;
 pub const SLOW_CONSUMER: u16 = 4000;
 /// Nothing arrived from the client for `heartbeat.timeout_secs`. The client was presumably gone.
 pub const HEARTBEAT_TIMEOUT: u16 = 4001;
+/// The client stopped acknowledging: an acking connection (one that has sent `ack`) left delivered
+/// messages unacknowledged through `delivery.max_retries` resends, `delivery.ack_timeout_secs`
+/// apart, or more than the server could keep for resending. The connection is presumed half-open.
+/// Reconnect (to any node) and `login` with `since` (and `epoch`): the replay fills the gap.
+pub const ACK_TIMEOUT: u16 = 4002;

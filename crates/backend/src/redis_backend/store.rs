@@ -601,6 +601,15 @@ impl Store for RedisStore {
             .collect())
     }
 
+    async fn oldest(&self, stream: &StreamKey) -> Result<Option<u64>> {
+        const W: &str = "oldest";
+        // The lowest-scored entry is the oldest; the log holds one epoch.
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(self.keys.log(stream)).arg(0).arg(0);
+        let members = array(W, self.redis.query(W, &cmd).await?)?;
+        Ok(decode_log(W, members).first().map(|m| m.seq))
+    }
+
     async fn history(
         &self,
         room: &RoomId,
