@@ -816,11 +816,17 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<()> {
         const W: &str = "ping";
-        let pong = reply::string(W, self.redis.ping_exclusive(W).await?)?;
-        if pong == "PONG" {
+        // Through the shared connection every command uses (a stale one left by a Redis restart
+        // fails here, is replaced, and the node is ready only once commands work again) and
+        // through a fresh one (Redis accepts connections).
+        let shared = reply::string(W, self.redis.query(W, &redis::cmd("PING")).await?)?;
+        let fresh = reply::string(W, self.redis.ping_exclusive(W).await?)?;
+        if shared == "PONG" && fresh == "PONG" {
             Ok(())
         } else {
-            Err(BackendError::Corrupt(format!("PING answered {pong:?}")))
+            Err(BackendError::Corrupt(format!(
+                "PING answered {shared:?}, {fresh:?}"
+            )))
         }
     }
 }
