@@ -1,5 +1,7 @@
 //! The chat gateway node.
 //!
+//! - [`auth`]: JWT verification (`auth.mode = "jwt"`): who a client is and which rooms it may join.
+//! - [`limits`]: token buckets for posts and joins, origin checks.
 //! - [`config`]: settings (`config/default.toml`, `--config FILE`, `CHAT__SECTION__KEY`).
 //! - [`node`]: what all sessions of a node share.
 //! - [`cursors`]: acknowledged read positions, written to the store in batches.
@@ -19,12 +21,14 @@
 //! [`run`] serves on a listener until a shutdown token fires, then drains (see [`drain`]) and
 //! stops.
 
+pub mod auth;
 pub mod config;
 pub mod cursors;
 pub mod drain;
 pub mod http;
 pub mod hub;
 pub mod legacy;
+pub mod limits;
 pub mod membership;
 pub mod metrics;
 pub mod node;

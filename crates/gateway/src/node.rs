@@ -50,6 +50,8 @@ pub struct Node {
     /// store call, and exclusively by the presence upkeep across its snapshot and refresh: a
     /// refresh built before a removal can then never be applied after it and bring the user back.
     pub presence_barrier: RwLock<()>,
+    /// The token verifier in `auth.mode = "jwt"`; `None` in `off` mode.
+    pub auth: Option<Arc<crate::auth::Verifier>>,
 }
 
 impl Node {
@@ -66,7 +68,17 @@ impl Node {
             max_content_bytes: settings.limits.max_content_bytes,
             max_history_page: settings.history.max_page,
         };
+        // Settings are validated before a node is built, so a bad auth config never gets here; if
+        // one did, failing closed (a verifier that cannot be built) would be wrong, so it logs.
+        let auth = match crate::auth::Verifier::from_settings(&settings.auth) {
+            Ok(verifier) => verifier.map(Arc::new),
+            Err(e) => {
+                tracing::error!(error = %e, "auth settings unusable");
+                None
+            }
+        };
         Arc::new(Node {
+            auth,
             id,
             limits,
             hub: Hub::new(store.clone(), broker.clone()),

@@ -119,10 +119,11 @@ pub fn routes() -> Router<Arc<Node>> {
 async fn root(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
-        Ok(upgrade) => crate::http::accept(node, upgrade, true),
+        Ok(upgrade) => crate::http::accept_checked(node, upgrade, true, &headers, &uri),
         Err(rejection) if wants_websocket(&headers) => rejection.into_response(),
         Err(_) => page(headers).await,
     }
