@@ -184,7 +184,10 @@ impl Session {
             posts: TokenBucket::new(node_limits_posts(&node).0, node_limits_posts(&node).1),
             joins: TokenBucket::new(
                 node.settings.limits.joins_per_second,
-                node.settings.limits.joins_per_second,
+                node.settings.limits.joins_per_second.max(
+                    u32::try_from(node.settings.limits.max_rooms_per_connection)
+                        .unwrap_or(u32::MAX),
+                ),
             ),
             refused_in_a_row: 0,
             close_request: None,

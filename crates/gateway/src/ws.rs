@@ -118,7 +118,21 @@ async fn drive_conn(
         // the client sees a clean close rather than a dropped connection (1006).
         let _ = timeout(Duration::from_secs(2), sink.flush()).await;
     }
-    drop(sink);
+    // Closing the TCP connection while the client's frames are still arriving would make the
+    // kernel reset it, and a reset can discard the close frame before the client reads it (it
+    // then sees 1006). So the socket lingers, reading and discarding, until the client's Close
+    // or a short bound; the session's cleanup does not wait for it.
+    tokio::spawn(async move {
+        let _ = timeout(Duration::from_secs(2), async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        drop(sink);
+    });
     session.finish().await;
 }
 
