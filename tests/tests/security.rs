@@ -611,3 +611,200 @@ fn token_hs_for_confusion(public_pem_path: &str) -> String {
     )
     .expect("sign")
 }
+
+/// Writes a certificate for `localhost` / 127.0.0.1 signed by a fresh throwaway CA (openssl) to
+/// `cert` and `key`; returns the CA's certificate, which clients trust. (rustls refuses a
+/// self-signed CA certificate used as the server's own.)
+fn issue_cert(
+    dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    cn: &str,
+) -> std::path::PathBuf {
+    let ca = dir.join(format!("{cn}-ca.pem"));
+    let ca_key = dir.join(format!("{cn}-ca.key"));
+    let csr = dir.join(format!("{cn}.csr"));
+    let ext = dir.join(format!("{cn}.ext"));
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .expect("ext");
+    let run = |args: Vec<std::ffi::OsString>| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl failed");
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let p = |p: &std::path::Path| p.as_os_str().to_owned();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut args: Vec<_> = ["req", "-x509"].iter().chain(&ec).map(|s| os(s)).collect();
+    args.extend([
+        os("-days"),
+        os("1"),
+        os("-subj"),
+        os(&format!("/CN={cn} test CA")),
+    ]);
+    args.extend([os("-keyout"), p(&ca_key), os("-out"), p(&ca)]);
+    run(args);
+    let mut args: Vec<_> = ["req"].iter().chain(&ec).map(|s| os(s)).collect();
+    args.extend([
+        os("-subj"),
+        os("/CN=localhost"),
+        os("-keyout"),
+        p(key),
+        os("-out"),
+        p(&csr),
+    ]);
+    run(args);
+    run(vec![
+        os("x509"),
+        os("-req"),
+        os("-in"),
+        p(&csr),
+        os("-CA"),
+        p(&ca),
+        os("-CAkey"),
+        p(&ca_key),
+        os("-CAcreateserial"),
+        os("-days"),
+        os("1"),
+        os("-extfile"),
+        p(&ext),
+        os("-out"),
+        p(cert),
+    ]);
+    ca
+}
+
+/// Kills the child process it holds when dropped (a failing test leaves nothing running).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn curl_ok(ca: &std::path::Path, url: &str) -> bool {
+    Command::new("curl")
+        .args(["-sf", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// wss:// with a self-signed certificate: curl (a standard client) gets https, a rustls
+/// WebSocket client chats, and the certificate reloads on SIGHUP.
+#[tokio::test]
+async fn tls_serves_https_and_wss_and_reloads_on_sighup() {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let dir = TestDir::new("tls");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let ca = issue_cert(dir.path(), &cert, &key, "first");
+    let port = chat_tests::free_port();
+    let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log");
+    let child = Command::new(gateway_bin())
+        .env("CHAT__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CHAT__TLS__CERT", &cert)
+        .env("CHAT__TLS__KEY", &key)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn gateway");
+    let _gateway = Killed(child);
+    let url = format!("https://localhost:{port}/healthz");
+    let up = chat_tests::wait_until(Duration::from_secs(20), || {
+        let (ca, url) = (ca.clone(), url.clone());
+        async move {
+            tokio::task::spawn_blocking(move || curl_ok(&ca, &url))
+                .await
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    assert!(up, "https /healthz with the self-signed CA");
+
+    // wss:// through rustls, trusting only that certificate.
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca).expect("pem") {
+        roots.add(c.expect("cert")).expect("add root");
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("tcp");
+    let tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake");
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://localhost:{port}/ws"), tls)
+        .await
+        .expect("wss upgrade");
+    let login = json!({"event": "login", "roomId": "tls", "userId": "t", "userName": "T"});
+    ws.send(Message::text(login.to_string()))
+        .await
+        .expect("send");
+    let joined = tokio::time::timeout(default_timeout(), async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Text(text) = message
+                && text.contains("\"joined\"")
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("joined in time");
+    assert!(joined);
+
+    // Plain HTTP on the TLS port gets nowhere.
+    assert!(
+        http_get_fails(port).await,
+        "plain HTTP must not be served on the TLS port"
+    );
+
+    // A new certificate, then SIGHUP: new connections get it.
+    let second_ca = issue_cert(dir.path(), &cert, &key, "second");
+    assert!(!curl_ok(&second_ca, &url), "not reloaded before SIGHUP");
+    chat_tests::send_signal(_gateway.0.id(), "HUP");
+    let reloaded = chat_tests::wait_until(Duration::from_secs(10), || {
+        let (ca, url) = (second_ca.clone(), url.clone());
+        async move {
+            tokio::task::spawn_blocking(move || curl_ok(&ca, &url))
+                .await
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    assert!(reloaded, "the reloaded certificate is served");
+}
+
+async fn http_get_fails(port: u16) -> bool {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    !matches!(
+        tokio::time::timeout(Duration::from_secs(5), chat_tests::http_get(addr, "/healthz")).await,
+        Ok(Ok(r)) if r.status == 200
+    )
+}

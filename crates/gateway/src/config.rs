@@ -30,6 +30,7 @@ pub struct Settings {
     pub web: WebSettings,
     pub websocket: WebSocketSettings,
     pub auth: AuthSettings,
+    pub tls: TlsSettings,
 }
 
 /// `[server]`
@@ -161,6 +162,15 @@ pub struct AuthSettings {
     pub timeout_secs: u64,
 }
 
+/// `[tls]`: serve https:// and wss:// with these PEM files (see [`crate::tls`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct TlsSettings {
+    pub cert: String,
+    pub key: String,
+}
+
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -274,6 +284,9 @@ impl Settings {
             return invalid(
                 "limits.posts_per_second, limits.posts_burst and limits.joins_per_second must be positive",
             );
+        }
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            return invalid("tls.cert and tls.key must be set together");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format must be \"text\" or \"json\"");

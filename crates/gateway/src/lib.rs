@@ -17,6 +17,7 @@
 //! - [`drain`]: leaving the cluster on SIGTERM: not ready, sessions closed with 1012 over
 //!   `server.drain_secs`, presence removed without spurious `logout` notices.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
+//! - [`tls`]: https:// and wss:// with rustls when `tls.cert` and `tls.key` are set.
 //!
 //! [`run`] serves on a listener until a shutdown token fires, then drains (see [`drain`]) and
 //! stops.
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod session;
+pub mod tls;
 pub mod web;
 pub mod ws;
 
@@ -126,6 +128,18 @@ pub async fn run(
         addr = %listener.local_addr()?,
         "chat gateway listening"
     );
+    if !node.settings.tls.cert.is_empty() {
+        let (cert, key) = (
+            node.settings.tls.cert.clone(),
+            node.settings.tls.key.clone(),
+        );
+        let config = tls::load(&cert, &key)?;
+        let listener = tls::serve(listener, config, cert, key, node.shutdown.clone())?;
+        axum::serve(listener, http::router(node.clone()))
+            .with_graceful_shutdown(node.shutdown.clone().cancelled_owned())
+            .await?;
+        return finish(node, draining, background).await;
+    }
     // Chat frames are small and latency-bound: never let Nagle hold one back waiting for an ACK.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -135,6 +149,16 @@ pub async fn run(
     axum::serve(listener, http::router(node.clone()))
         .with_graceful_shutdown(node.shutdown.clone().cancelled_owned())
         .await?;
+    finish(node, draining, background).await
+}
+
+/// After the server stopped: waits for the drain, the sessions and the background tasks, and
+/// writes the last cursors.
+async fn finish(
+    node: std::sync::Arc<Node>,
+    draining: tokio::task::JoinHandle<()>,
+    background: tokio_util::task::TaskTracker,
+) -> Result<(), BoxError> {
     // The server stops only once the drain is over (or failed and the node stops anyway).
     let _ = draining.await;
     node.sessions.close();
