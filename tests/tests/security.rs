@@ -808,3 +808,27 @@ async fn http_get_fails(port: u16) -> bool {
         Ok(Ok(r)) if r.status == 200
     )
 }
+
+/// Measured weakness 6 (connections): one host could open connections until the node ran out of
+/// file descriptors. Past `limits.max_connections_per_ip` the upgrade gets 503, and a closed
+/// connection frees its place.
+#[tokio::test]
+async fn connections_per_ip_are_capped_with_503() {
+    let gw = Gateway::start(&[("CHAT__LIMITS__MAX_CONNECTIONS_PER_IP", "2")]).await;
+    let mut a = gw.client().await.named("a");
+    a.login("r", "a", "A").await;
+    let b = gw.client().await.named("b");
+    match tokio_tungstenite::connect_async(gw.ws_url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // Plain HTTP (health checks) is not a WebSocket connection: still answered.
+    assert_eq!(gw.get("/healthz").await.status, 200);
+    b.close().await;
+    let freed = chat_tests::wait_until(default_timeout(), || async {
+        tokio_tungstenite::connect_async(gw.ws_url()).await.is_ok()
+    })
+    .await;
+    assert!(freed, "a closed connection frees its place");
+    a.post_and_wait("r", "unaffected").await;
+}

@@ -74,6 +74,8 @@ pub struct LimitSettings {
     pub flood_close_after: u32,
     pub joins_per_second: u32,
     pub login_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 /// `[history]`

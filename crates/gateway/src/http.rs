@@ -52,11 +52,16 @@ pub fn router(node: Arc<Node>) -> Router {
 
 async fn upgrade(
     State(node): State<Arc<Node>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    tls_peer: Option<axum::Extension<axum::extract::ConnectInfo<crate::tls::TlsPeer>>>,
     headers: HeaderMap,
     uri: Uri,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    accept_checked(node, upgrade, false, &headers, &uri)
+    let ip = peer
+        .map(|axum::Extension(info)| info.0.ip())
+        .or_else(|| tls_peer.map(|axum::Extension(info)| info.0.0.ip()));
+    accept_checked(node, upgrade, false, &headers, &uri, ip)
 }
 
 /// [`accept`] after the checks of hostile clients: the browser origin (403) and, in
@@ -68,6 +73,7 @@ pub(crate) fn accept_checked(
     legacy: bool,
     headers: &HeaderMap,
     uri: &Uri,
+    ip: Option<std::net::IpAddr>,
 ) -> Response {
     if !crate::limits::origin_allowed(headers, &node.settings.server.allowed_origins) {
         return api_error(
@@ -85,7 +91,18 @@ pub(crate) fn accept_checked(
             Err(e) => return api_error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, &e.0),
         }
     }
-    accept(node, upgrade, legacy, grant)
+    let limits = &node.settings.limits;
+    let Some(slot) = node
+        .gate
+        .admit(ip, limits.max_connections, limits.max_connections_per_ip)
+    else {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "too many connections (limits.max_connections / max_connections_per_ip)",
+        );
+    };
+    accept(node, upgrade, legacy, grant, slot)
 }
 
 /// Accepts a WebSocket upgrade with the configured limits; `legacy`: the connection speaks the
@@ -96,6 +113,7 @@ pub(crate) fn accept(
     upgrade: WebSocketUpgrade,
     legacy: bool,
     grant: Option<crate::auth::Grant>,
+    slot: crate::limits::ConnectionSlot,
 ) -> Response {
     if node.shutdown.is_cancelled() || node.drain.is_draining() {
         return api_error(
@@ -113,7 +131,13 @@ pub(crate) fn accept(
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         // axum spawns the upgraded connection detached; the tracker lets shutdown wait for it.
-        .on_upgrade(move |socket| tracker.track_future(ws::drive_with(socket, node, legacy, grant)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                ws::drive_with(socket, node, legacy, grant).await;
+                // The place is freed when the connection's task ends.
+                drop(slot);
+            })
+        })
 }
 
 fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
@@ -144,6 +168,8 @@ const DEFAULT_ROOMS_PAGE: usize = 100;
 
 /// `auth.mode = "jwt"`: the request's `Authorization: Bearer` token, verified (401 without a
 /// valid one). `Ok(None)` in `off` mode.
+// The error is the finished response, built once per refused request: boxing it buys nothing.
+#[allow(clippy::result_large_err)]
 fn http_grant(node: &Node, headers: &HeaderMap) -> Result<Option<crate::auth::Grant>, Response> {
     let Some(verifier) = &node.auth else {
         return Ok(None);

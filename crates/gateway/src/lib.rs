@@ -135,7 +135,8 @@ pub async fn run(
         );
         let config = tls::load(&cert, &key)?;
         let listener = tls::serve(listener, config, cert, key, node.shutdown.clone())?;
-        axum::serve(listener, http::router(node.clone()))
+        let app = http::router(node.clone()).into_make_service_with_connect_info::<tls::TlsPeer>();
+        axum::serve(listener, app)
             .with_graceful_shutdown(node.shutdown.clone().cancelled_owned())
             .await?;
         return finish(node, draining, background).await;
@@ -146,7 +147,10 @@ pub async fn run(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, http::router(node.clone()))
+    // The peer address feeds the per-IP connection cap (`limits.max_connections_per_ip`).
+    let app =
+        http::router(node.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(node.shutdown.clone().cancelled_owned())
         .await?;
     finish(node, draining, background).await

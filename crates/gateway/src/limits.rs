@@ -1,9 +1,76 @@
 //! Limits on what one client can make the server do: token buckets for posts and joins, and the
 //! browser origin check of the WebSocket upgrade.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
+
+/// Open WebSocket connections, in total and per client IP, so one host cannot take every file
+/// descriptor of the node. A [`ConnectionSlot`] is held for the connection's life.
+#[derive(Debug, Default)]
+pub struct ConnectionGate {
+    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection; frees its place when dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    gate: Arc<ConnectionGate>,
+    ip: Option<IpAddr>,
+}
+
+impl ConnectionGate {
+    /// Admits a connection from `ip` (unknown: counted in the total only) if neither `total` nor
+    /// `per_ip` is reached.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        total: usize,
+        per_ip: usize,
+    ) -> Option<ConnectionSlot> {
+        let mut counts = match self.counts.lock() {
+            Ok(counts) => counts,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if counts.0 >= total {
+            return None;
+        }
+        if let Some(ip) = ip {
+            let n = counts.1.entry(ip).or_insert(0);
+            if *n >= per_ip {
+                return None;
+            }
+            *n += 1;
+        }
+        counts.0 += 1;
+        Some(ConnectionSlot {
+            gate: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = match self.gate.counts.lock() {
+            Ok(counts) => counts,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        counts.0 = counts.0.saturating_sub(1);
+        if let Some(ip) = self.ip
+            && let Some(n) = counts.1.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                // Freed, so addresses that come and go leave nothing behind.
+                counts.1.remove(&ip);
+            }
+        }
+    }
+}
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
 #[derive(Debug)]
@@ -67,7 +134,17 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))
         .unwrap_or("");
-    !origin_host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+    // Host names are compared without ports: a proxy in front (nginx's `Host $host`) drops the
+    // port the browser used, and a page on another port of the same host is the same site.
+    !origin_host.is_empty() && hostname(origin_host).eq_ignore_ascii_case(hostname(host))
+}
+
+/// `host[:port]` or `[v6]:port` without the port.
+fn hostname(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.split(':').next().unwrap_or(authority)
 }
 
 #[cfg(test)]
@@ -85,12 +162,29 @@ mod tests {
     }
 
     #[test]
+    fn the_gate_counts_per_ip_and_frees() {
+        let gate = Arc::new(ConnectionGate::default());
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let a = gate.admit(Some(ip), 3, 2).expect("first");
+        let _b = gate.admit(Some(ip), 3, 2).expect("second");
+        assert!(gate.admit(Some(ip), 3, 2).is_none(), "per-IP cap");
+        let _c = gate
+            .admit(Some([10, 0, 0, 2].into()), 3, 2)
+            .expect("other ip");
+        assert!(gate.admit(None, 3, 2).is_none(), "total cap");
+        drop(a);
+        assert!(gate.admit(Some(ip), 3, 2).is_some());
+    }
+
+    #[test]
     fn origins() {
         let mut h = HeaderMap::new();
         assert!(origin_allowed(&h, &[]), "no Origin: not a browser");
         h.insert("host", "chat.example:8080".parse().expect("h"));
         h.insert("origin", "http://chat.example:8080".parse().expect("h"));
         assert!(origin_allowed(&h, &[]));
+        h.insert("host", "chat.example".parse().expect("h"));
+        assert!(origin_allowed(&h, &[]), "a proxy dropped the port");
         h.insert("origin", "https://evil.example".parse().expect("h"));
         assert!(!origin_allowed(&h, &[]));
         assert!(origin_allowed(&h, &["https://evil.example".to_owned()]));

@@ -52,6 +52,8 @@ pub struct Node {
     pub presence_barrier: RwLock<()>,
     /// The token verifier in `auth.mode = "jwt"`; `None` in `off` mode.
     pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// Open WebSocket connections per client IP and in total.
+    pub gate: Arc<crate::limits::ConnectionGate>,
 }
 
 impl Node {
@@ -79,6 +81,7 @@ impl Node {
         };
         Arc::new(Node {
             auth,
+            gate: Arc::default(),
             id,
             limits,
             hub: Hub::new(store.clone(), broker.clone()),

@@ -45,6 +45,19 @@ pub fn load(cert: &str, key: &str) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// The client address of a TLS connection (axum's `ConnectInfo` for [`TlsListener`]), for the
+/// per-IP connection cap.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsPeer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for TlsPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        TlsPeer(*stream.remote_addr())
+    }
+}
+
 /// A listener of finished TLS connections, for `axum::serve`.
 pub struct TlsListener {
     rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
