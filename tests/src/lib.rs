@@ -1305,6 +1305,14 @@ impl RawClient {
             .expect("raw send failed");
     }
 
+    /// Sends bytes as they are (hand-made frames that break the protocol).
+    pub async fn send_raw_bytes(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(default_timeout(), self.stream.write_all(bytes))
+            .await
+            .expect("raw send timed out")
+            .expect("raw send failed");
+    }
+
     /// Reads frames until the server closes (a close frame, or the end of the stream) or `timeout`
     /// passes. Never writes. Returns every frame read.
     pub async fn read_until_closed(&mut self, timeout: Duration) -> Vec<RawFrame> {

@@ -99,9 +99,16 @@ async fn history_paging() {
     )
     .await;
     assert_eq!(clamped, default);
-    // A room nobody used: an empty page, not an error.
-    let unknown = ws_history(&mut a, json!({"event": "history", "roomId": "void"})).await;
-    assert!(unknown.messages.is_empty());
+    // A room the connection has not joined: `forbidden` (history is for members; security.rs).
+    a.send_json(json!({"event": "history", "roomId": "void"}))
+        .await;
+    a.recv_match("forbidden", |f| match f {
+        ServerFrame::Error(e) if e.code == chat_tests::chat_protocol::ErrorCode::Forbidden => {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
 
     // The same pages over HTTP.
     let base = "/api/rooms/paged/messages";

@@ -333,5 +333,9 @@ fn show(frame: &ServerFrame, me: &str) -> String {
         }
         ServerFrame::HeartBeat { .. } => String::new(),
         ServerFrame::Error(e) => format!("* error {}: {}", e.code, e.message),
+        ServerFrame::NoAuth { message } => format!("* not authenticated: {message}"),
+        ServerFrame::Authenticated {
+            user_id, user_name, ..
+        } => format!("* authenticated as {user_name} ({user_id})"),
     }
 }

@@ -30,6 +30,8 @@ pub struct Settings {
     pub log: LogSettings,
     pub web: WebSettings,
     pub websocket: WebSocketSettings,
+    pub auth: AuthSettings,
+    pub tls: TlsSettings,
 }
 
 /// `[server]`
@@ -41,6 +43,10 @@ pub struct ServerSettings {
     pub node_id: String,
     pub shutdown_grace_secs: u64,
     pub drain_secs: u64,
+    /// Origins (`scheme://host[:port]`) allowed to open a WebSocket from a browser; empty: the
+    /// request's own host only. Requests without an `Origin` header are not from a browser page
+    /// and are allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[heartbeat]`
@@ -64,6 +70,13 @@ pub struct LimitSettings {
     pub write_buffer_bytes: usize,
     pub max_rooms_per_connection: usize,
     pub write_timeout_secs: u64,
+    pub posts_per_second: u32,
+    pub posts_burst: u32,
+    pub flood_close_after: u32,
+    pub joins_per_second: u32,
+    pub login_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 /// `[history]`
@@ -148,6 +161,29 @@ pub struct WebSettings {
     pub default_rooms: Vec<String>,
 }
 
+/// `[auth]`: who a client is (see [`crate::auth`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct AuthSettings {
+    pub mode: String,
+    pub secret: String,
+    pub public_key_file: String,
+    pub audience: String,
+    pub issuer: String,
+    pub leeway_secs: u64,
+    pub timeout_secs: u64,
+}
+
+/// `[tls]`: serve https:// and wss:// with these PEM files (see [`crate::tls`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct TlsSettings {
+    pub cert: String,
+    pub key: String,
+}
+
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -188,7 +224,8 @@ impl Settings {
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .with_list_parse_key("web.default_rooms");
+            .with_list_parse_key("web.default_rooms")
+            .with_list_parse_key("server.allowed_origins");
         let mut settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
         // From the environment, "a, b" means ["a", "b"] and an empty value means no rooms.
         settings.web.default_rooms = settings
@@ -197,6 +234,13 @@ impl Settings {
             .iter()
             .map(|id| id.trim().to_owned())
             .filter(|id| !id.is_empty())
+            .collect();
+        settings.server.allowed_origins = settings
+            .server
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
             .collect();
         settings.validate()?;
         Ok(settings)
@@ -242,6 +286,23 @@ impl Settings {
         }
         if self.websocket.write_delay_ms > 1000 {
             return invalid("websocket.write_delay_ms must be at most 1000");
+        }
+        if let Err(e) = crate::auth::Verifier::from_settings(&self.auth) {
+            return Err(SettingsError::Invalid(e));
+        }
+        if self.auth.timeout_secs == 0 || self.limits.login_timeout_secs == 0 {
+            return invalid("auth.timeout_secs and limits.login_timeout_secs must be at least 1");
+        }
+        if self.limits.posts_per_second == 0
+            || self.limits.posts_burst == 0
+            || self.limits.joins_per_second == 0
+        {
+            return invalid(
+                "limits.posts_per_second, limits.posts_burst and limits.joins_per_second must be positive",
+            );
+        }
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            return invalid("tls.cert and tls.key must be set together");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format must be \"text\" or \"json\"");

@@ -3,13 +3,16 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /ws` | WebSocket upgrade (protocol v1) |
-//! | `GET /api/rooms` | `{"rooms":[{roomId, roomName, num, total, seq, epoch}]}` |
+//! | `GET /api/rooms?after=&limit=` | `{"rooms":[{roomId, roomName, num, total, seq, epoch}],"next"}`: a page in id order |
 //! | `GET /api/rooms/{id}/messages?before=&limit=` | `{"roomId","epoch","messages":[...]}` |
 //! | `GET /api/rooms/{id}/members` | `{"roomId","members":[userId…],"online":[userId…]}`: who joined and has not logged out, and who of them is online now (any node) |
 //! | `GET /api/node` | `{"node","backend","connections","presenceLeaseMs","draining","legacy":{"connections","rejected"}}`: which node answered, and its load |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when the store and the broker answer and the node is not draining or shutting down, else 503 |
 //! | `GET /metrics` | Prometheus text exposition ([`crate::metrics`]) |
+//!
+//! In `auth.mode = "jwt"` the `/api/rooms` routes need `Authorization: Bearer` (401), and a room's
+//! messages and members are for its members or tokens whose `rooms` claim names it (403).
 //!
 //! The browser chat (`/`, `/chat-client.js`, its assets and `/api/web-config`) is in [`crate::web`];
 //! a WebSocket upgrade of `/` (the legacy dialect, [`crate::legacy`]) is routed there too.
@@ -20,7 +23,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chat_backend::BackendError;
@@ -47,13 +50,71 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-async fn upgrade(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade) -> Response {
-    accept(node, upgrade, false)
+async fn upgrade(
+    State(node): State<Arc<Node>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    tls_peer: Option<axum::Extension<axum::extract::ConnectInfo<crate::tls::TlsPeer>>>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let ip = peer
+        .map(|axum::Extension(info)| info.0.ip())
+        .or_else(|| tls_peer.map(|axum::Extension(info)| info.0.0.ip()));
+    accept_checked(node, upgrade, false, &headers, &uri, ip)
+}
+
+/// [`accept`] after the checks of hostile clients: the browser origin (403) and, in
+/// `auth.mode = "jwt"`, a token sent with the upgrade (401 when invalid; none: the client must
+/// send an `auth` frame within `auth.timeout_secs`).
+pub(crate) fn accept_checked(
+    node: Arc<Node>,
+    upgrade: WebSocketUpgrade,
+    legacy: bool,
+    headers: &HeaderMap,
+    uri: &Uri,
+    ip: Option<std::net::IpAddr>,
+) -> Response {
+    if !crate::limits::origin_allowed(headers, &node.settings.server.allowed_origins) {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this Origin may not open a WebSocket here (server.allowed_origins)",
+        );
+    }
+    let mut grant = None;
+    if let Some(verifier) = &node.auth
+        && let Some(token) = crate::auth::token_of(headers, uri.query())
+    {
+        match verifier.verify(&token) {
+            Ok(g) => grant = Some(g),
+            Err(e) => return api_error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, &e.0),
+        }
+    }
+    let limits = &node.settings.limits;
+    let Some(slot) = node
+        .gate
+        .admit(ip, limits.max_connections, limits.max_connections_per_ip)
+    else {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "too many connections (limits.max_connections / max_connections_per_ip)",
+        );
+    };
+    accept(node, upgrade, legacy, grant, slot)
 }
 
 /// Accepts a WebSocket upgrade with the configured limits; `legacy`: the connection speaks the
 /// classic tutorial client's dialect (`GET /`, see [`crate::legacy`]) instead of v1.
-pub(crate) fn accept(node: Arc<Node>, upgrade: WebSocketUpgrade, legacy: bool) -> Response {
+/// `grant`: the token verified with the upgrade, if any.
+pub(crate) fn accept(
+    node: Arc<Node>,
+    upgrade: WebSocketUpgrade,
+    legacy: bool,
+    grant: Option<crate::auth::Grant>,
+    slot: crate::limits::ConnectionSlot,
+) -> Response {
     if node.shutdown.is_cancelled() || node.drain.is_draining() {
         return api_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -70,7 +131,13 @@ pub(crate) fn accept(node: Arc<Node>, upgrade: WebSocketUpgrade, legacy: bool) -
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         // axum spawns the upgraded connection detached; the tracker lets shutdown wait for it.
-        .on_upgrade(move |socket| tracker.track_future(ws::drive_as(socket, node, legacy)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                ws::drive_with(socket, node, legacy, grant).await;
+                // The place is freed when the connection's task ends.
+                drop(slot);
+            })
+        })
 }
 
 fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
@@ -95,9 +162,85 @@ fn backend_error(e: BackendError) -> Response {
     }
 }
 
-async fn rooms(State(node): State<Arc<Node>>) -> Response {
+/// Largest page of `GET /api/rooms` (`?limit=`), and the page size without one.
+const MAX_ROOMS_PAGE: usize = 1000;
+const DEFAULT_ROOMS_PAGE: usize = 100;
+
+/// `auth.mode = "jwt"`: the request's `Authorization: Bearer` token, verified (401 without a
+/// valid one). `Ok(None)` in `off` mode.
+// The error is the finished response, built once per refused request: boxing it buys nothing.
+#[allow(clippy::result_large_err)]
+fn http_grant(node: &Node, headers: &HeaderMap) -> Result<Option<crate::auth::Grant>, Response> {
+    let Some(verifier) = &node.auth else {
+        return Ok(None);
+    };
+    let Some(token) = crate::auth::token_of(headers, None) else {
+        return Err(api_error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden,
+            "send `Authorization: Bearer <token>`",
+        ));
+    };
+    verifier
+        .verify(&token)
+        .map(Some)
+        .map_err(|e| api_error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, &e.0))
+}
+
+/// jwt mode: may `grant` read `room` (its history, its members)? When the `rooms` claim names it,
+/// or when the user is a member.
+async fn may_read(
+    node: &Node,
+    grant: Option<&crate::auth::Grant>,
+    room: &RoomId,
+) -> Result<(), Response> {
+    let Some(grant) = grant else {
+        return Ok(());
+    };
+    if grant.lists(room) {
+        return Ok(());
+    }
+    match node.store.members(room).await {
+        Ok(members) if members.contains(&grant.user_id) && grant.allows(room) => Ok(()),
+        Ok(_) => Err(api_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "only members of the room (or tokens whose `rooms` claim names it) may read it",
+        )),
+        Err(e) => Err(backend_error(e)),
+    }
+}
+
+/// Rooms in id order, a page at a time: `?after=<roomId>&limit=` (default 100, at most 1000);
+/// `next` is the `after` of the next page, `null` on the last.
+async fn rooms(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(response) = http_grant(&node, &headers) {
+        return response;
+    }
+    let limit = match query.get("limit").map(|s| s.parse::<usize>()) {
+        None => DEFAULT_ROOMS_PAGE,
+        Some(Ok(n)) if n > 0 => n.min(MAX_ROOMS_PAGE),
+        Some(_) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadField,
+                "`limit` must be a positive integer",
+            );
+        }
+    };
+    let after = query.get("after").map(String::as_str).unwrap_or("");
     match node.store.rooms().await {
-        Ok(rooms) => Json(json!({ "rooms": rooms })).into_response(),
+        Ok(mut rooms) => {
+            rooms.retain(|r| r.room_id.as_str() > after);
+            rooms.sort_by(|a, b| a.room_id.as_str().cmp(b.room_id.as_str()));
+            let next = (rooms.len() > limit).then(|| rooms[limit - 1].room_id.clone());
+            rooms.truncate(limit);
+            Json(json!({ "rooms": rooms, "next": next })).into_response()
+        }
         Err(e) => backend_error(e),
     }
 }
@@ -105,9 +248,14 @@ async fn rooms(State(node): State<Arc<Node>>) -> Response {
 /// Query parameters arrive as strings so a bad value gets this API's JSON error, not axum's text.
 async fn messages(
     State(node): State<Arc<Node>>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    let grant = match http_grant(&node, &headers) {
+        Ok(grant) => grant,
+        Err(response) => return response,
+    };
     let room = match RoomId::new(id) {
         Ok(room) => room,
         Err(e) => {
@@ -118,6 +266,9 @@ async fn messages(
             );
         }
     };
+    if let Err(response) = may_read(&node, grant.as_ref(), &room).await {
+        return response;
+    }
     let before = match query.get("before").map(|s| s.parse::<u64>()) {
         None => None,
         Some(Ok(n)) => Some(n),
@@ -154,7 +305,15 @@ async fn messages(
 }
 
 /// The room's members, for the web chat's user list (the protocol has counts, not names).
-async fn members(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+async fn members(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let grant = match http_grant(&node, &headers) {
+        Ok(grant) => grant,
+        Err(response) => return response,
+    };
     let room = match RoomId::new(id) {
         Ok(room) => room,
         Err(e) => {
@@ -165,6 +324,9 @@ async fn members(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Respo
             );
         }
     };
+    if let Err(response) = may_read(&node, grant.as_ref(), &room).await {
+        return response;
+    }
     let (members, online) = tokio::join!(node.store.members(&room), node.store.online(&room));
     match (members, online) {
         (Ok(members), Ok(online)) => {

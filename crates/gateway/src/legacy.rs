@@ -345,7 +345,11 @@ impl Edge {
                 self.reject(error.code.as_str());
                 None
             }
-            ServerFrame::Sent(_) | ServerFrame::History(_) => None,
+            // The classic client knows no tokens: it authenticates with the upgrade (`?token=`).
+            ServerFrame::Sent(_)
+            | ServerFrame::History(_)
+            | ServerFrame::NoAuth { .. }
+            | ServerFrame::Authenticated { .. } => None,
         }
     }
 

@@ -1,5 +1,7 @@
 //! The chat gateway node.
 //!
+//! - [`auth`]: JWT verification (`auth.mode = "jwt"`): who a client is and which rooms it may join.
+//! - [`limits`]: token buckets for posts and joins, origin checks.
 //! - [`config`]: settings (`config/default.toml`, `--config FILE`, `CHAT__SECTION__KEY`).
 //! - [`node`]: what all sessions of a node share.
 //! - [`cursors`]: acknowledged read positions, written to the store in batches.
@@ -16,10 +18,12 @@
 //! - [`drain`]: leaving the cluster on SIGTERM: not ready, sessions closed with 1012 over
 //!   `server.drain_secs`, presence removed without spurious `logout` notices.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
+//! - [`tls`]: https:// and wss:// with rustls when `tls.cert` and `tls.key` are set.
 //!
 //! [`run`] serves on a listener until a shutdown token fires, then drains (see [`drain`]) and
 //! stops.
 
+pub mod auth;
 pub mod config;
 pub mod cursors;
 pub mod delivery;
@@ -27,11 +31,13 @@ pub mod drain;
 pub mod http;
 pub mod hub;
 pub mod legacy;
+pub mod limits;
 pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod session;
+pub mod tls;
 pub mod web;
 pub mod ws;
 
@@ -124,15 +130,41 @@ pub async fn run(
         addr = %listener.local_addr()?,
         "chat gateway listening"
     );
+    if !node.settings.tls.cert.is_empty() {
+        let (cert, key) = (
+            node.settings.tls.cert.clone(),
+            node.settings.tls.key.clone(),
+        );
+        let config = tls::load(&cert, &key)?;
+        let listener = tls::serve(listener, config, cert, key, node.shutdown.clone())?;
+        let app = http::router(node.clone()).into_make_service_with_connect_info::<tls::TlsPeer>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(node.shutdown.clone().cancelled_owned())
+            .await?;
+        return finish(node, draining, background).await;
+    }
     // Chat frames are small and latency-bound: never let Nagle hold one back waiting for an ACK.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, http::router(node.clone()))
+    // The peer address feeds the per-IP connection cap (`limits.max_connections_per_ip`).
+    let app =
+        http::router(node.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(node.shutdown.clone().cancelled_owned())
         .await?;
+    finish(node, draining, background).await
+}
+
+/// After the server stopped: waits for the drain, the sessions and the background tasks, and
+/// writes the last cursors.
+async fn finish(
+    node: std::sync::Arc<Node>,
+    draining: tokio::task::JoinHandle<()>,
+    background: tokio_util::task::TaskTracker,
+) -> Result<(), BoxError> {
     // The server stops only once the drain is over (or failed and the node stops anyway).
     let _ = draining.await;
     node.sessions.close();

@@ -15,6 +15,33 @@ struct Args {
     /// A TOML file overriding config/default.toml; CHAT__SECTION__KEY variables override both.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Prints a development token (HS256, signed with auth.secret) and exits.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// The display name (`name`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+        /// Rooms the token may join (ids or `prefix*`), comma-separated; none: any room.
+        #[arg(long, value_delimiter = ',')]
+        rooms: Vec<String>,
+        /// `aud` (default: auth.audience).
+        #[arg(long)]
+        aud: Option<String>,
+        /// `iss` (default: auth.issuer).
+        #[arg(long)]
+        iss: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -27,6 +54,17 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(Command::Token {
+        sub,
+        name,
+        ttl_secs,
+        rooms,
+        aud,
+        iss,
+    }) = args.command
+    {
+        return mint(&settings, sub, name, ttl_secs, rooms, aud, iss);
+    }
     init_logging(&settings);
     let listener = match TcpListener::bind(&settings.server.listen).await {
         Ok(listener) => listener,
@@ -41,6 +79,43 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "gateway failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn mint(
+    settings: &Settings,
+    sub: String,
+    name: Option<String>,
+    ttl_secs: u64,
+    rooms: Vec<String>,
+    aud: Option<String>,
+    iss: Option<String>,
+) -> std::process::ExitCode {
+    if settings.auth.secret.is_empty() {
+        eprintln!("chat-gateway token: auth.secret is empty (set CHAT__AUTH__SECRET)");
+        return std::process::ExitCode::from(2);
+    }
+    let now = chat_gateway::auth::now_secs();
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let claims = chat_gateway::auth::Claims {
+        sub,
+        name,
+        exp: now + ttl_secs,
+        nbf: None,
+        iat: Some(now),
+        aud: aud.or_else(|| non_empty(&settings.auth.audience)),
+        iss: iss.or_else(|| non_empty(&settings.auth.issuer)),
+        rooms: (!rooms.is_empty()).then_some(rooms),
+    };
+    match chat_gateway::auth::mint_hs256(&settings.auth.secret, &claims) {
+        Ok(token) => {
+            println!("{token}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chat-gateway token: {e}");
             std::process::ExitCode::FAILURE
         }
     }

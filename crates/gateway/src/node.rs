@@ -52,6 +52,10 @@ pub struct Node {
     pub presence_barrier: RwLock<()>,
     /// Resend counters of every session on this node.
     pub delivery: crate::delivery::Counters,
+    /// The token verifier in `auth.mode = "jwt"`; `None` in `off` mode.
+    pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// Open WebSocket connections per client IP and in total.
+    pub gate: Arc<crate::limits::ConnectionGate>,
 }
 
 impl Node {
@@ -68,7 +72,18 @@ impl Node {
             max_content_bytes: settings.limits.max_content_bytes,
             max_history_page: settings.history.max_page,
         };
+        // Settings are validated before a node is built, so a bad auth config never gets here; if
+        // one did, failing closed (a verifier that cannot be built) would be wrong, so it logs.
+        let auth = match crate::auth::Verifier::from_settings(&settings.auth) {
+            Ok(verifier) => verifier.map(Arc::new),
+            Err(e) => {
+                tracing::error!(error = %e, "auth settings unusable");
+                None
+            }
+        };
         Arc::new(Node {
+            auth,
+            gate: Arc::default(),
             id,
             limits,
             hub: Hub::new(store.clone(), broker.clone()),

@@ -23,6 +23,11 @@
 //! [`Tracker`] (see [`crate::delivery`]); once the connection acks, the tracker's deadline makes
 //! the driver call [`Session::on_resend_due`], which queues the unacknowledged tail again or gives
 //! the connection up (the driver closes it with 4002).
+//! Hostile clients ([`crate::auth`], [`crate::limits`]): in `auth.mode = "jwt"` a session without
+//! a valid token answers every frame but `auth` with `noauth` and drops it, and identity comes
+//! from the token only; posts and joins pass token buckets; `history` needs membership of the
+//! room; the driver closes a session that never authenticates or logs in, or whose token expired
+//! ([`Session::deadline`]), or that keeps flooding ([`Session::close_request`]).
 //!
 //! A session may speak the legacy dialect ([`crate::legacy`]) instead of v1: its [`Edge`] then
 //! translates frames in ([`Session::on_text`]) and out ([`Session::reply`],
@@ -30,20 +35,23 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use chat_backend::{BackendError, Draft, JoinRequest, Notice, Position, StreamKey};
-use chat_protocol::client::AckStream;
+use chat_protocol::client::{AckStream, parse_client_frame_as};
+use chat_protocol::close;
 use chat_protocol::server::{HistoryPage, Joined, Sent};
 use chat_protocol::{
     ChatMessage, ClientFrame, ErrorCode, HistoryRequest, LoginRequest, LogoutReason, PostRequest,
-    PresenceNotice, ProtocolError, RoomId, ServerFrame, Target, UserId, parse_client_frame,
+    PresenceNotice, ProtocolError, RoomId, ServerFrame, Target, UserId,
 };
 
+use crate::auth::Grant;
 use crate::delivery::{self, Due, Tracker};
 use crate::hub::{Attached, ConnHandle, Mark};
 use crate::legacy::{self, Edge};
+use crate::limits::TokenBucket;
 use crate::membership::JoinVerdict;
 use crate::node::Node;
 
@@ -123,6 +131,18 @@ pub struct Session {
     replies: VecDeque<Reply>,
     /// Unacknowledged frames of an acking connection, for resending (see [`crate::delivery`]).
     tracker: Tracker<Utf8Bytes>,
+    /// The verified token, in `auth.mode = "jwt"`.
+    grant: Option<Grant>,
+    /// When the connection opened (the auth and login timeouts count from here).
+    opened: Instant,
+    /// True once a `login` succeeded: the login timeout no longer applies.
+    ever_joined: bool,
+    posts: TokenBucket,
+    joins: TokenBucket,
+    /// Posts refused by the rate limit in a row; past `limits.flood_close_after` the driver closes.
+    refused_in_a_row: u32,
+    /// Set when the session wants the driver to close the connection (after writing its replies).
+    close_request: Option<(u16, &'static str)>,
 }
 
 /// The connection stopped acknowledging what it was sent; the driver closes it with
@@ -136,8 +156,23 @@ pub struct GaveUp {
 }
 
 /// Now, on tokio's clock (so tests with a paused clock control resend deadlines).
-fn now() -> Instant {
+fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
+}
+
+fn node_limits_posts(node: &Node) -> (u32, u32) {
+    (
+        node.settings.limits.posts_per_second,
+        node.settings.limits.posts_burst,
+    )
+}
+
+fn rate_limited(what: &str, wait: std::time::Duration) -> ProtocolError {
+    let ms = wait.as_millis().max(1);
+    ProtocolError::new(
+        ErrorCode::RateLimited,
+        format!("too many {what} per second; retryAfterMs={ms}"),
+    )
 }
 
 fn unavailable(e: BackendError) -> ProtocolError {
@@ -166,7 +201,135 @@ impl Session {
             inbox_failed: false,
             replies: VecDeque::new(),
             tracker: Tracker::new(node.settings.delivery_policy()),
+            grant: None,
+            opened: Instant::now(),
+            ever_joined: false,
+            posts: TokenBucket::new(node_limits_posts(&node).0, node_limits_posts(&node).1),
+            joins: TokenBucket::new(
+                node.settings.limits.joins_per_second,
+                node.settings.limits.joins_per_second.max(
+                    u32::try_from(node.settings.limits.max_rooms_per_connection)
+                        .unwrap_or(u32::MAX),
+                ),
+            ),
+            refused_in_a_row: 0,
+            close_request: None,
             node,
+        }
+    }
+
+    /// Authenticates the connection with a token verified at the upgrade.
+    pub fn set_grant(&mut self, grant: Grant) {
+        tracing::Span::current().record("user", grant.user_id.as_str());
+        self.grant = Some(grant);
+    }
+
+    /// When the driver must act if nothing changes before, and the close code it will use: the
+    /// auth timeout (jwt mode, no token yet), the token's expiry, or the login timeout.
+    pub fn deadline(&self) -> Option<(Instant, u16)> {
+        let limits = &self.node.settings;
+        let login = (!self.ever_joined).then(|| {
+            (
+                self.opened + std::time::Duration::from_secs(limits.limits.login_timeout_secs),
+                close::AUTH_TIMEOUT,
+            )
+        });
+        let auth = match (&self.node.auth, &self.grant) {
+            (None, _) => None,
+            (Some(_), None) => Some((
+                self.opened + std::time::Duration::from_secs(limits.auth.timeout_secs),
+                close::AUTH_TIMEOUT,
+            )),
+            (Some(verifier), Some(grant)) => Some((
+                Instant::now() + grant.remaining(verifier.leeway()),
+                close::TOKEN_EXPIRED,
+            )),
+        };
+        match (login, auth) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The deadline of [`Session::deadline`] passed: tells the client why and asks the driver to
+    /// close with `code`.
+    pub fn on_deadline(&mut self, code: u16) {
+        let (message, reason) = match code {
+            close::TOKEN_EXPIRED => (
+                "the token expired: get a new token, then reconnect",
+                "token expired",
+            ),
+            _ if self.node.auth.is_some() && self.grant.is_none() => (
+                "no valid token within auth.timeout_secs",
+                "authentication timeout",
+            ),
+            _ => ("no login within limits.login_timeout_secs", "login timeout"),
+        };
+        self.reply(&ServerFrame::NoAuth {
+            message: message.to_owned(),
+        });
+        self.close_request = Some((code, reason));
+    }
+
+    /// A close the session asked for (flooding, an expired token): the driver writes the
+    /// session's replies, then closes with this code.
+    pub fn close_request(&self) -> Option<(u16, &'static str)> {
+        self.close_request
+    }
+
+    /// An `auth` frame: authenticate, or extend the connection with a fresh token of the same
+    /// user.
+    fn authenticate(&mut self, token: &str) -> Result<(), ProtocolError> {
+        let Some(verifier) = self.node.auth.clone() else {
+            return Err(ProtocolError::new(
+                ErrorCode::BadField,
+                "this server does not use tokens (auth.mode = off)",
+            ));
+        };
+        match verifier.verify(token) {
+            Ok(grant) => {
+                if let Some(current) = &self.grant
+                    && current.user_id != grant.user_id
+                {
+                    return Err(ProtocolError::new(
+                        ErrorCode::UserMismatch,
+                        format!(
+                            "this connection is user `{}`; a token for `{}` needs its own connection",
+                            current.user_id, grant.user_id
+                        ),
+                    ));
+                }
+                self.reply(&ServerFrame::Authenticated {
+                    user_id: grant.user_id.clone(),
+                    user_name: grant.user_name.clone(),
+                    expires_at: grant.expires_at,
+                });
+                self.set_grant(grant);
+                Ok(())
+            }
+            Err(e) => {
+                // A failed refresh leaves the current token in force until it expires.
+                self.reply(&ServerFrame::NoAuth { message: e.0 });
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies the post rate limit; past `limits.flood_close_after` refusals in a row, asks the
+    /// driver to close with 1008.
+    fn rate_limit_post(&mut self) -> Result<(), ProtocolError> {
+        match self.posts.take() {
+            Ok(()) => {
+                self.refused_in_a_row = 0;
+                Ok(())
+            }
+            Err(wait) => {
+                self.refused_in_a_row += 1;
+                if self.refused_in_a_row >= self.node.settings.limits.flood_close_after {
+                    self.close_request = Some((close::POLICY_VIOLATION, "flooding"));
+                }
+                Err(rate_limited("posts", wait))
+            }
         }
     }
 
@@ -262,23 +425,54 @@ impl Session {
 
     /// A text frame from the client.
     pub async fn on_text(&mut self, text: &str) {
+        if self.close_request.is_some() {
+            // Closing: whatever else arrives is not acted on.
+            return;
+        }
+        let identity = self
+            .grant
+            .as_ref()
+            .map(|g| (g.user_id.clone(), g.user_name.clone()));
         let parsed = match &mut self.legacy {
-            None => parse_client_frame(text, &self.node.limits),
+            None => parse_client_frame_as(
+                text,
+                &self.node.limits,
+                identity.as_ref().map(|(id, name)| (id, name.as_str())),
+            ),
             Some(edge) => match edge.parse(text, &self.node.limits) {
                 Some(frame) => Ok(frame),
                 None => return,
             },
         };
+        if self.node.auth.is_some() && self.grant.is_none() {
+            // Nothing but a token is acted on before the connection is authenticated.
+            if let Ok(ClientFrame::Auth { token }) = &parsed {
+                let token = token.clone();
+                if let Err(e) = self.authenticate(&token) {
+                    self.reply_error(e);
+                }
+            } else {
+                self.reply(&ServerFrame::NoAuth {
+                    message: "authenticate first: send {\"event\":\"auth\",\"token\":\"…\"}"
+                        .to_owned(),
+                });
+            }
+            return;
+        }
         let frame = match parsed {
             Ok(frame) => frame,
             Err(e) => return self.reply_error(e),
         };
         let result = match frame {
+            ClientFrame::Auth { token } => self.authenticate(&token),
             ClientFrame::Login(login) => self.login(login).await,
             ClientFrame::Logout { room_id } => self.logout(room_id).await,
             ClientFrame::Message(post) => {
                 let reference = post.client_msg_id.clone();
-                let posted = self.post(post).await;
+                let posted = match self.rate_limit_post() {
+                    Ok(()) => self.post(post).await,
+                    Err(e) => Err(e),
+                };
                 if posted.is_ok() {
                     crate::metrics::hot().posts.increment(1);
                 }
@@ -339,7 +533,7 @@ impl Session {
     }
 
     /// When [`Session::on_resend_due`] next has work: the earliest ack deadline of this connection.
-    pub fn next_resend(&self) -> Option<Instant> {
+    pub fn next_resend(&self) -> Option<std::time::Instant> {
         self.tracker.next_deadline()
     }
 
@@ -404,7 +598,29 @@ impl Session {
         }
     }
 
-    async fn login(&mut self, req: LoginRequest) -> Result<(), ProtocolError> {
+    async fn login(&mut self, mut req: LoginRequest) -> Result<(), ProtocolError> {
+        if let Some(grant) = &self.grant {
+            // jwt mode: the token says who this is, whatever the frame (or legacy dialect) says.
+            req.user_id = grant.user_id.clone();
+            req.user_name = grant.user_name.clone();
+            if !grant.allows(&req.room_id) {
+                return Err(ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    format!("the token does not allow room `{}`", req.room_id),
+                ));
+            }
+        }
+        if let Err(wait) = self.joins.take() {
+            return Err(rate_limited("logins", wait));
+        }
+        let result = self.login_checked(req).await;
+        if result.is_ok() {
+            self.ever_joined = true;
+        }
+        result
+    }
+
+    async fn login_checked(&mut self, req: LoginRequest) -> Result<(), ProtocolError> {
         if let Some(user) = &self.user
             && user.id != req.user_id
         {
@@ -920,17 +1136,45 @@ impl Session {
     }
 
     async fn history(&mut self, request: HistoryRequest) -> Result<(), ProtocolError> {
-        let (epoch, messages) = self
+        if !self.rooms.contains_key(&request.room_id) {
+            // A room's history is for its members: over WebSocket, the connections that joined
+            // it (see docs/security.md for HTTP).
+            return Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "join `{}` (login) before reading its history",
+                    request.room_id
+                ),
+            ));
+        }
+        let (epoch, mut messages) = self
             .node
             .store
             .history(&request.room_id, request.before, request.limit)
             .await
             .map_err(unavailable)?;
-        self.reply(&ServerFrame::History(HistoryPage {
+        // One frame must fit what the connection can write (its write buffer holds a few
+        // `limits.max_frame_bytes`): a page that would be larger keeps its newest messages, and
+        // the client pages on with `before` as usual.
+        let budget = self.node.settings.limits.max_frame_bytes;
+        let mut page = HistoryPage {
             room_id: request.room_id,
             epoch,
-            messages,
-        }));
+            messages: Vec::new(),
+        };
+        let mut size = ServerFrame::History(page.clone()).encode().len();
+        let mut kept = Vec::new();
+        for message in messages.drain(..).rev() {
+            let bytes = serde_json::to_string(&message).map_or(0, |t| t.len()) + 1;
+            if size + bytes > budget && !kept.is_empty() {
+                break;
+            }
+            size += bytes;
+            kept.push(message);
+        }
+        kept.reverse();
+        page.messages = kept;
+        self.reply(&ServerFrame::History(page));
         Ok(())
     }
 

@@ -118,11 +118,17 @@ pub fn routes() -> Router<Arc<Node>> {
 /// version, no key) is refused as on `/ws`, not answered with HTML.
 async fn root(
     State(node): State<Arc<Node>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    tls_peer: Option<axum::Extension<axum::extract::ConnectInfo<crate::tls::TlsPeer>>>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ip = peer
+        .map(|axum::Extension(info)| info.0.ip())
+        .or_else(|| tls_peer.map(|axum::Extension(info)| info.0.0.ip()));
     match upgrade {
-        Ok(upgrade) => crate::http::accept(node, upgrade, true),
+        Ok(upgrade) => crate::http::accept_checked(node, upgrade, true, &headers, &uri, ip),
         Err(rejection) if wants_websocket(&headers) => rejection.into_response(),
         Err(_) => page(headers).await,
     }

@@ -40,6 +40,16 @@ pub async fn drive(socket: WebSocket, node: Arc<Node>) {
 /// Runs one connection to its end, then cleans up its session; `legacy`: it speaks the classic
 /// tutorial client's dialect ([`crate::legacy`]).
 pub async fn drive_as(socket: WebSocket, node: Arc<Node>, legacy: bool) {
+    drive_with(socket, node, legacy, None).await;
+}
+
+/// [`drive_as`] for a connection whose token was verified at the upgrade (`auth.mode = "jwt"`).
+pub async fn drive_with(
+    socket: WebSocket,
+    node: Arc<Node>,
+    legacy: bool,
+    grant: Option<crate::auth::Grant>,
+) {
     let (tx, rx) = mpsc::channel(node.settings.limits.outbound_queue);
     let conn = ConnHandle::new(node.hub.next_conn_id(), tx);
     // Every log line of this connection (errors included) names the node, the connection and,
@@ -50,7 +60,7 @@ pub async fn drive_as(socket: WebSocket, node: Arc<Node>, legacy: bool) {
         conn = conn.id,
         user = tracing::field::Empty
     );
-    drive_conn(socket, node, legacy, conn, rx)
+    drive_conn(socket, node, legacy, grant, conn, rx)
         .instrument(span)
         .await;
 }
@@ -59,12 +69,16 @@ async fn drive_conn(
     socket: WebSocket,
     node: Arc<Node>,
     legacy: bool,
+    grant: Option<crate::auth::Grant>,
     conn: ConnHandle,
     mut rx: mpsc::Receiver<Outbound>,
 ) {
     let mut session = Session::new(node.clone(), conn.clone());
     if legacy {
         session = session.speaking_legacy();
+    }
+    if let Some(grant) = grant {
+        session.set_grant(grant);
     }
     let registration = node.drain.register(&conn);
     if node.drain.is_draining() {
@@ -100,8 +114,26 @@ async fn drive_conn(
             sink.send(Message::Close(Some(frame))),
         )
         .await;
+    } else {
+        // The client closed: tungstenite has queued the RFC's Close reply; flushing sends it, so
+        // the client sees a clean close rather than a dropped connection (1006).
+        let _ = timeout(Duration::from_secs(2), sink.flush()).await;
     }
-    drop(sink);
+    // Closing the TCP connection while the client's frames are still arriving would make the
+    // kernel reset it, and a reset can discard the close frame before the client reads it (it
+    // then sees 1006). So the socket lingers, reading and discarding, until the client's Close
+    // or a short bound; the session's cleanup does not wait for it.
+    tokio::spawn(async move {
+        let _ = timeout(Duration::from_secs(2), async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        drop(sink);
+    });
     session.finish().await;
 }
 
@@ -131,6 +163,10 @@ async fn run(
                 Err(_) => return Ending::Close(close::SLOW_CONSUMER, "write timed out"),
             }
         }
+        if let Some((code, reason)) = session.close_request() {
+            return Ending::Close(code, reason);
+        }
+        let deadline = session.deadline();
         // Unbiased on purpose: a busy room must not starve reading the client (its pongs keep it
         // alive), and a chatty client must not starve its own deliveries.
         tokio::select! {
@@ -173,6 +209,16 @@ async fn run(
             _ = resend_deadline(session.next_resend()) => {
                 if session.on_resend_due().is_err() {
                     return Ending::Close(close::ACK_TIMEOUT, "messages not acknowledged");
+                }
+            }
+            _ = async {
+                match deadline {
+                    Some((at, _)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some((_, code)) = deadline {
+                    session.on_deadline(code);
                 }
             }
             _ = ping.tick() => {
@@ -245,16 +291,22 @@ async fn resend_deadline(at: Option<std::time::Instant>) {
     }
 }
 
-/// A read error: an oversized frame gets 1009, anything else means the connection is broken.
+/// A read error: an oversized frame gets 1009, a protocol violation 1002, invalid UTF-8 1007
+/// (RFC 6455 §7.4.1); anything else means the connection is broken.
 fn read_error(error: axum::Error) -> Ending {
     let inner = error.into_inner();
-    let too_big = inner
-        .downcast_ref::<tungstenite::Error>()
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-    if too_big {
-        Ending::Close(close::MESSAGE_TOO_BIG, "frame too large")
-    } else {
-        tracing::debug!(error = %inner, "websocket read failed");
-        Ending::Gone
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => {
+            Ending::Close(close::MESSAGE_TOO_BIG, "frame too large")
+        }
+        Some(tungstenite::Error::Utf8(_)) => Ending::Close(close::INVALID_DATA, "invalid UTF-8"),
+        Some(tungstenite::Error::Protocol(p)) => {
+            tracing::debug!(error = %p, "websocket protocol violation");
+            Ending::Close(close::PROTOCOL_ERROR, "protocol error")
+        }
+        _ => {
+            tracing::debug!(error = %inner, "websocket read failed");
+            Ending::Gone
+        }
     }
 }

@@ -56,6 +56,11 @@ pub enum ClientFrame {
     History(HistoryRequest),
     /// Application-level ping, answered with a pong.
     HeartBeat,
+    /// A token (`auth.mode = "jwt"`): authenticates the connection, or extends it.
+    Auth {
+        /// The JWT.
+        token: String,
+    },
 }
 
 /// The fields of a `login` frame.
@@ -120,6 +125,16 @@ pub const DEFAULT_HISTORY_PAGE: u32 = 50;
 
 /// Parses and validates one text frame.
 pub fn parse_client_frame(text: &str, limits: &Limits) -> Result<ClientFrame, ProtocolError> {
+    parse_client_frame_as(text, limits, None)
+}
+
+/// Parses and validates one text frame of a connection whose identity comes from a token: a
+/// `login` needs no `userId`/`userName` (any sent are replaced by `identity`).
+pub fn parse_client_frame_as(
+    text: &str,
+    limits: &Limits,
+    identity: Option<(&UserId, &str)>,
+) -> Result<ClientFrame, ProtocolError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ProtocolError::new(ErrorCode::BadJson, format!("not valid JSON: {e}")))?;
     let Value::Object(obj) = value else {
@@ -130,10 +145,14 @@ pub fn parse_client_frame(text: &str, limits: &Limits) -> Result<ClientFrame, Pr
     };
     let fields = Fields { obj: &obj };
     let reference = fields.client_msg_id().ok().flatten();
-    parse_object(&fields, limits).map_err(|e| e.with_ref(reference))
+    parse_object(&fields, limits, identity).map_err(|e| e.with_ref(reference))
 }
 
-fn parse_object(fields: &Fields<'_>, limits: &Limits) -> Result<ClientFrame, ProtocolError> {
+fn parse_object(
+    fields: &Fields<'_>,
+    limits: &Limits,
+    identity: Option<(&UserId, &str)>,
+) -> Result<ClientFrame, ProtocolError> {
     let event = match fields.obj.get("event") {
         None | Some(Value::Null) => {
             // Old tutorial clients send `{"roomId":1,"content":"hi"}` with no event.
@@ -157,8 +176,14 @@ fn parse_object(fields: &Fields<'_>, limits: &Limits) -> Result<ClientFrame, Pro
     match event {
         "login" => Ok(ClientFrame::Login(LoginRequest {
             room_id: fields.room_id("login")?,
-            user_id: fields.user_id("userId", "login")?,
-            user_name: fields.name("userName", "login")?,
+            user_id: match identity {
+                Some((id, _)) => id.clone(),
+                None => fields.user_id("userId", "login")?,
+            },
+            user_name: match identity {
+                Some((_, name)) => name.to_owned(),
+                None => fields.name("userName", "login")?,
+            },
             room_name: fields.optional_name("roomName")?,
             since: fields.optional_u64("since")?,
             epoch: fields.optional_name("epoch")?,
@@ -206,6 +231,15 @@ fn parse_object(fields: &Fields<'_>, limits: &Limits) -> Result<ClientFrame, Pro
             }))
         }
         "heartBeat" => Ok(ClientFrame::HeartBeat),
+        "auth" => match fields.obj.get("token") {
+            Some(Value::String(token)) if !token.is_empty() => Ok(ClientFrame::Auth {
+                token: token.clone(),
+            }),
+            _ => Err(ProtocolError::new(
+                ErrorCode::MissingField,
+                "`token` (a non-empty string) is required for `auth`",
+            )),
+        },
         other => Err(ProtocolError::new(
             ErrorCode::UnknownEvent,
             format!("unknown event `{}`", truncate(other, 40)),
@@ -364,13 +398,43 @@ fn check_name(key: &str, value: &Value) -> Result<String, ProtocolError> {
             format!("`{key}` must be at most {MAX_NAME_CHARS} characters"),
         ));
     }
-    if s.chars().any(char::is_control) {
-        return Err(ProtocolError::new(
-            ErrorCode::BadField,
-            format!("`{key}` must not contain control characters"),
-        ));
-    }
+    check_display_name(s)
+        .map_err(|m| ProtocolError::new(ErrorCode::BadField, format!("`{key}` {m}")))?;
     Ok(s.clone())
+}
+
+/// Characters a name must not contain: control characters (they corrupt terminals and logs),
+/// bidirectional overrides and isolates (they make a name display as another), and zero-width
+/// characters (they make two names look identical).
+fn is_deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{200B}'..='\u{200F}' // zero-width space/joiners, LRM, RLM
+            | '\u{202A}'..='\u{202E}' // bidi embeddings and overrides
+            | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+            | '\u{2066}'..='\u{2069}' // bidi isolates
+            | '\u{FEFF}' // zero-width no-break space
+            | '\u{180E}' // Mongolian vowel separator
+            | '\u{061C}' // Arabic letter mark
+        )
+}
+
+/// Checks a display name (a `userName`, or a token's `name` claim): at most [`MAX_NAME_CHARS`]
+/// characters, not blank, nothing from [`is_deceptive`]. The error says what is wrong.
+pub fn check_display_name(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if s.chars().count() > MAX_NAME_CHARS {
+        return Err(format!("must be at most {MAX_NAME_CHARS} characters"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("must not contain control characters".to_owned());
+    }
+    if s.chars().any(is_deceptive) {
+        return Err("must not contain bidirectional overrides or zero-width characters".to_owned());
+    }
+    Ok(())
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {

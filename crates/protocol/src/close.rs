@@ -4,6 +4,13 @@
 
 /// Normal closure: the server is done with the connection (or the client asked to close).
 pub const NORMAL: u16 = 1000;
+/// The client broke the WebSocket protocol (RFC 6455: bad framing, unmasked or fragmented control
+/// frames, RSV bits, an invalid close code). Fix the client.
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// A text frame was not valid UTF-8.
+pub const INVALID_DATA: u16 = 1007;
+/// Policy violation: the connection kept flooding after `rate_limited` errors.
+pub const POLICY_VIOLATION: u16 = 1008;
 /// A frame was larger than `limits.max_frame_bytes`. Do not resend it.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// The server hit an unexpected internal error. Reconnect with backoff.
@@ -21,3 +28,9 @@ pub const HEARTBEAT_TIMEOUT: u16 = 4001;
 /// apart, or more than the server could keep for resending. The connection is presumed half-open.
 /// Reconnect (to any node) and `login` with `since` (and `epoch`): the replay fills the gap.
 pub const ACK_TIMEOUT: u16 = 4002;
+/// No valid token (`auth.mode = "jwt"`) within `auth.timeout_secs`, or no `login` within
+/// `limits.login_timeout_secs`. Authenticate (or log in) promptly after connecting.
+pub const AUTH_TIMEOUT: u16 = 4003;
+/// The connection's token expired and was not refreshed with an `auth` frame: get a new token,
+/// then reconnect.
+pub const TOKEN_EXPIRED: u16 = 4004;

@@ -38,12 +38,21 @@ pub enum ErrorCode {
     Unavailable,
     /// An unexpected server error. Nothing was stored.
     Internal,
+    /// The connection's token does not allow this (a room outside its `rooms` claim), or a
+    /// connection may not do it (`history` of a room it has not joined).
+    Forbidden,
+    /// Too many posts or joins per second (`limits.posts_per_second`, `limits.joins_per_second`).
+    /// Nothing was stored; send it again after `retryAfterMs` (carried in the message).
+    RateLimited,
 }
 
 impl ErrorCode {
     /// True when resending the same frame later may succeed.
     pub fn is_retriable(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal)
+        matches!(
+            self,
+            ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::RateLimited
+        )
     }
 
     /// The wire spelling, e.g. `"bad_json"`.
@@ -62,6 +71,8 @@ impl ErrorCode {
             ErrorCode::IdConflict => "id_conflict",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }

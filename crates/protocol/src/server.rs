@@ -39,6 +39,26 @@ pub enum ServerFrame {
     /// A frame could not be accepted; the connection stays usable.
     #[serde(rename = "error")]
     Error(ErrorFrame),
+    /// `auth.mode = "jwt"`: the connection has no valid token (yet, or any more). The frame that
+    /// caused it was dropped; send `{"event":"auth","token":"…"}`.
+    #[serde(rename = "noauth")]
+    NoAuth {
+        /// What is missing or wrong.
+        message: String,
+    },
+    /// Reply to `auth`: the token was accepted; the connection is this user until `expiresAt`.
+    #[serde(rename = "auth")]
+    Authenticated {
+        /// From the token's `sub`.
+        #[serde(rename = "userId")]
+        user_id: crate::UserId,
+        /// From the token's `name`.
+        #[serde(rename = "userName")]
+        user_name: String,
+        /// The token's `exp` (seconds since the epoch): send a fresh `auth` before it.
+        #[serde(rename = "expiresAt")]
+        expires_at: u64,
+    },
 }
 
 /// Reply to `login`.
