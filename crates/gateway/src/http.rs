@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -29,7 +29,9 @@ use chat_protocol::server::HistoryPage;
 use chat_protocol::{ErrorCode, RoomId};
 use serde_json::json;
 
+use crate::config::Compression;
 use crate::node::Node;
+use crate::upgrade::WsUpgrade;
 use crate::{web, ws};
 
 /// The node's routes.
@@ -47,13 +49,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-async fn upgrade(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade) -> Response {
+async fn upgrade(State(node): State<Arc<Node>>, upgrade: WsUpgrade) -> Response {
     accept(node, upgrade, false)
 }
 
 /// Accepts a WebSocket upgrade with the configured limits; `legacy`: the connection speaks the
 /// classic tutorial client's dialect (`GET /`, see [`crate::legacy`]) instead of v1.
-pub(crate) fn accept(node: Arc<Node>, upgrade: WebSocketUpgrade, legacy: bool) -> Response {
+pub(crate) fn accept(node: Arc<Node>, upgrade: WsUpgrade, legacy: bool) -> Response {
     if node.shutdown.is_cancelled() || node.drain.is_draining() {
         return api_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -63,14 +65,19 @@ pub(crate) fn accept(node: Arc<Node>, upgrade: WebSocketUpgrade, legacy: bool) -
     }
     let limits = &node.settings.limits;
     let tracker = node.sessions.clone();
-    upgrade
+    let config = tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(limits.read_buffer_bytes)
         .write_buffer_size(limits.write_buffer_bytes)
         .max_write_buffer_size(limits.write_buffer_bytes + limits.max_frame_bytes * 2)
-        .max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
-        // axum spawns the upgraded connection detached; the tracker lets shutdown wait for it.
-        .on_upgrade(move |socket| tracker.track_future(ws::drive_as(socket, node, legacy)))
+        // Compressed inbound frames are limited again after inflating (`crate::deflate`).
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    let deflate =
+        node.settings.websocket.compression == Compression::On && upgrade.deflate_offered();
+    // The upgraded connection runs detached; the tracker lets shutdown wait for it.
+    upgrade.on_upgrade(config, deflate, move |socket| {
+        tracker.track_future(ws::drive_as(socket, node, legacy, deflate))
+    })
 }
 
 fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod cursors;
+pub mod deflate;
 pub mod drain;
 pub mod http;
 pub mod hub;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod session;
+pub mod upgrade;
 pub mod web;
 pub mod ws;
 

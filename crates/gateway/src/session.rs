@@ -26,7 +26,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use chat_backend::{BackendError, Draft, JoinRequest, Notice, Position, StreamKey};
 use chat_protocol::client::AckStream;
 use chat_protocol::server::{HistoryPage, Joined, Sent};
@@ -34,6 +33,7 @@ use chat_protocol::{
     ChatMessage, ClientFrame, ErrorCode, HistoryRequest, LoginRequest, LogoutReason, PostRequest,
     PresenceNotice, ProtocolError, RoomId, ServerFrame, Target, UserId, parse_client_frame,
 };
+use tungstenite::Utf8Bytes;
 
 use crate::hub::{Attached, ConnHandle, Mark};
 use crate::legacy::{self, Edge};

@@ -18,8 +18,6 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -119,7 +117,7 @@ pub fn routes() -> Router<Arc<Node>> {
 async fn root(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<crate::upgrade::WsUpgrade, crate::upgrade::WsRejection>,
 ) -> Response {
     match upgrade {
         Ok(upgrade) => crate::http::accept(node, upgrade, true),

@@ -6,13 +6,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use chat_gateway::hub::{ConnHandle, Outbound};
 use chat_gateway::legacy::Cache;
 use chat_gateway::session::Session;
 use chat_protocol::ServerFrame;
 use support::{Conn, Harness};
 use tokio::sync::mpsc;
+use tungstenite::Utf8Bytes;
 
 fn legacy_conn(h: &Harness) -> Conn {
     let (tx, rx) = mpsc::channel(64);
