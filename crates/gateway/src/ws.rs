@@ -166,7 +166,8 @@ async fn drive_conn(
         .await;
     }
     drop(sink);
-    session.finish().await;
+    // Boxed, like the session's other handlers: the connection's task stays small (see `run`).
+    Box::pin(session.finish()).await;
 }
 
 async fn run(
@@ -228,7 +229,7 @@ async fn run(
                 match message {
                     Message::Text(text) => {
                         crate::metrics::hot().frames_in.increment(1);
-                        session.on_text(text.as_str()).await
+                        on_text(session, text.as_str()).await
                     }
                     Message::Binary(_) => session.on_binary(),
                     // Only a compressed (RSV1) data frame comes as a raw frame (permessage-deflate).
@@ -244,7 +245,7 @@ async fn run(
                             Ok(bytes) if text => match String::from_utf8(bytes) {
                                 Ok(text) => {
                                     crate::metrics::hot().frames_in.increment(1);
-                                    session.on_text(&text).await
+                                    on_text(session, &text).await
                                 }
                                 Err(_) => return Ending::Close(INVALID_PAYLOAD, "frame is not UTF-8"),
                             },
@@ -260,10 +261,17 @@ async fn run(
                 if timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await.map_or(true, |r| r.is_err()) {
                     return Ending::Gone;
                 }
-                session.on_tick().await;
+                Box::pin(session.on_tick()).await;
             }
         }
     }
+}
+
+/// Hands a text frame to the session. Boxed: the session's handlers (backend round trips, replays)
+/// are large state machines, and inlined they would make every connection's task as large as
+/// the largest of them for its whole life, idle or not. One allocation per inbound frame instead.
+async fn on_text(session: &mut Session, text: &str) {
+    Box::pin(session.on_text(text)).await;
 }
 
 /// Writes the session's replies, then `first` and whatever else the hub has queued, then flushes

@@ -123,7 +123,8 @@ impl FrameCodec {
     /// Create a new frame codec.
     pub(super) fn new(in_buf_len: usize) -> Self {
         Self {
-            in_buffer: BytesMut::with_capacity(in_buf_len),
+            // (patched) Allocated when data arrives, see `read_in`.
+            in_buffer: BytesMut::new(),
             in_buf_max_read: in_buf_len.max(FrameHeader::MAX_SIZE),
             out_buffer: <_>::default(),
             max_out_buffer_len: usize::MAX,
@@ -188,7 +189,8 @@ impl FrameCodec {
                     // Reserve full message length only once, even for multiple
                     // loops or if WouldBlock errors cause multiple fn calls.
                     self.in_buffer.reserve(len);
-                } else {
+                } else if !self.in_buffer.is_empty() {
+                    // (patched) An empty buffer stays unallocated: see `read_in`.
                     self.in_buffer.reserve(FrameHeader::MAX_SIZE);
                 }
             }
@@ -196,7 +198,13 @@ impl FrameCodec {
             if let Some((_, len)) = &self.header {
                 let len = *len as usize;
                 if len <= self.in_buffer.len() {
-                    break self.in_buffer.split_to(len);
+                    let payload = self.in_buffer.split_to(len);
+                    if self.in_buffer.is_empty() {
+                        // (patched) Nothing left to parse: let go of the buffer, so an idle
+                        // connection holds no read buffer (`read_in` allocates one on data).
+                        self.in_buffer = BytesMut::new();
+                    }
+                    break payload;
                 }
             }
 
@@ -231,6 +239,17 @@ impl FrameCodec {
 
     /// Read into available `in_buffer` capacity.
     fn read_in(&mut self, stream: &mut impl Read) -> io::Result<usize> {
+        if self.in_buffer.is_empty() && self.header.is_none() {
+            // (patched) Between frames: read into the stack first, and allocate the buffer only
+            // when data arrived, so an idle connection (whose reads end in WouldBlock) holds none.
+            let mut first = [0u8; 512];
+            let size = stream.read(&mut first)?;
+            if size > 0 {
+                self.in_buffer.reserve(self.in_buf_max_read.max(size));
+                self.in_buffer.extend_from_slice(&first[..size]);
+            }
+            return Ok(size);
+        }
         let len = self.in_buffer.len();
         debug_assert!(self.in_buffer.capacity() > len);
         self.in_buffer.resize(self.in_buffer.capacity().min(len + self.in_buf_max_read), 0);
@@ -285,6 +304,9 @@ impl FrameCodec {
             }
             self.out_buffer.drain(0..len);
         }
+        // (patched) Everything went out: let go of the buffer, so a connection that is idle
+        // after a burst does not keep the burst's capacity. The next frame allocates anew.
+        self.out_buffer = Vec::new();
 
         Ok(())
     }
