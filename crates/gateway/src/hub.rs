@@ -77,7 +77,7 @@ pub struct Mark {
 pub struct ConnHandle {
     /// The connection's id on this node.
     pub id: ConnId,
-    tx: mpsc::Sender<Outbound>,
+    tx: crate::outbox::Sender,
     kill: Arc<KillSwitch>,
     /// The connection speaks the legacy dialect: its frames come with a shared translation slot.
     legacy: bool,
@@ -94,7 +94,7 @@ struct KillSwitch {
 
 impl ConnHandle {
     /// A handle around a connection's bounded outbound queue.
-    pub fn new(id: ConnId, tx: mpsc::Sender<Outbound>) -> Self {
+    pub fn new(id: ConnId, tx: crate::outbox::Sender) -> Self {
         let kill = Arc::new(KillSwitch {
             token: CancellationToken::new(),
             code: AtomicU16::new(close::NORMAL),
@@ -138,12 +138,12 @@ impl ConnHandle {
     fn offer(&self, item: Outbound) {
         match self.tx.try_send(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(crate::outbox::TrySendError::Full) => {
                 tracing::debug!(conn = self.id, "outbound queue full: closing slow consumer");
                 self.kill(close::SLOW_CONSUMER);
             }
             // The connection is already gone; its session detaches it.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(crate::outbox::TrySendError::Closed) => {}
         }
     }
 }

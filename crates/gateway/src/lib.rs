@@ -29,6 +29,7 @@ pub mod legacy;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod outbox;
 pub mod presence;
 pub mod session;
 pub mod upgrade;

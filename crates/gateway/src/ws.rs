@@ -17,7 +17,6 @@ use bytes::Bytes;
 use chat_protocol::close;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tracing::Instrument;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -87,7 +86,7 @@ pub async fn drive(socket: Socket, node: Arc<Node>) {
 /// Runs one connection to its end, then cleans up its session; `legacy`: it speaks the classic
 /// tutorial client's dialect ([`crate::legacy`]); `deflate`: it negotiated permessage-deflate.
 pub async fn drive_as(socket: Socket, node: Arc<Node>, legacy: bool, deflate: bool) {
-    let (tx, rx) = mpsc::channel(node.settings.limits.outbound_queue);
+    let (tx, rx) = crate::outbox::channel(node.settings.limits.outbound_queue);
     let mut conn = ConnHandle::new(node.hub.next_conn_id(), tx);
     if deflate {
         conn = conn.compressing();
@@ -115,7 +114,7 @@ async fn drive_conn(
     legacy: bool,
     encoder: Encoder,
     conn: ConnHandle,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: crate::outbox::Receiver,
 ) {
     let mut session = Session::new(node.clone(), conn.clone());
     if legacy {
@@ -177,7 +176,7 @@ async fn run(
     session: &mut Session,
     sink: &mut Sink,
     stream: &mut Stream,
-    rx: &mut mpsc::Receiver<Outbound>,
+    rx: &mut crate::outbox::Receiver,
 ) -> Ending {
     let max_frame = node.settings.limits.max_frame_bytes;
     let idle_timeout = node.settings.idle_timeout();
@@ -280,7 +279,7 @@ async fn write_batch(
     encoder: Encoder,
     session: &mut Session,
     sink: &mut Sink,
-    rx: &mut mpsc::Receiver<Outbound>,
+    rx: &mut crate::outbox::Receiver,
     first: Option<Outbound>,
 ) -> Result<(), ()> {
     // Everything queued behind the first item: the connection's backlog at its deepest point.
