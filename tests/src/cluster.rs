@@ -32,6 +32,9 @@ impl Cluster {
                 ("CHAT__PRESENCE__TTL_SECS", "4"),
                 ("CHAT__CLUSTER__SYNC_INTERVAL_SECS", "1"),
                 ("CHAT__REDIS__COMMAND_TIMEOUT_MS", "1000"),
+                // Compression is on (the default, said here so the cluster tests keep it), and
+                // [`Cluster::client`]s negotiate it: cross-node traffic arrives compressed.
+                ("CHAT__WEBSOCKET__COMPRESSION", "on"),
             ];
             env.extend_from_slice(extra);
             let mut options = GatewayOptions::env(&env);
@@ -53,7 +56,9 @@ impl Cluster {
 
     /// A client connected to node `node` (0-based).
     pub async fn client(&self, node: usize, label: &str) -> Client {
-        self.nodes[node].client().await.named(label)
+        Client::connect_deflate(&self.nodes[node].ws_url())
+            .await
+            .named(label)
     }
 
     /// Runs `redis-cli` against the cluster's Redis; its trimmed output.

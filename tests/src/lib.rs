@@ -832,9 +832,62 @@ pub struct Client {
     pub pending: VecDeque<ServerFrame>,
     closed: Option<Option<u16>>,
     timeout: Duration,
+    /// Frames that arrived compressed (permessage-deflate, see [`Client::connect_deflate`]).
+    pub compressed: u64,
+}
+
+/// Inflates a permessage-deflate payload (no context takeover) into the text it carries.
+fn inflate_text(payload: &[u8]) -> String {
+    let mut data = payload.to_vec();
+    data.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
+    // Server frames are at most a history page: a few hundred KiB is far more than any.
+    let mut out = Vec::with_capacity(4 << 20);
+    flate2::Decompress::new(false)
+        .decompress_vec(&data, &mut out, flate2::FlushDecompress::Sync)
+        .expect("a compressed server frame inflates");
+    String::from_utf8(out).expect("a compressed server frame is UTF-8 text")
 }
 
 impl Client {
+    /// Like [`Client::connect`], but offers permessage-deflate (as browsers do) and reads the
+    /// server's compressed frames; panics if the server does not accept the offer. The client
+    /// itself sends plain frames (compressing is optional per message).
+    pub async fn connect_deflate(url: &str) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
+        use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+        let mut request = url
+            .into_client_request()
+            .unwrap_or_else(|e| panic!("bad url {url}: {e}"));
+        request.headers_mut().insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static("permessage-deflate; client_max_window_bits"),
+        );
+        let config = WebSocketConfig::default().accept_compressed_frames(true);
+        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        let (ws, response) = tokio::time::timeout(default_timeout(), connecting)
+            .await
+            .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
+            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        let accepted = response
+            .headers()
+            .get("sec-websocket-extensions")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(
+            accepted.starts_with("permessage-deflate"),
+            "the server did not accept permessage-deflate: {accepted:?}"
+        );
+        Client {
+            ws,
+            label: "client".into(),
+            pending: VecDeque::new(),
+            closed: None,
+            timeout: default_timeout(),
+            compressed: 0,
+        }
+    }
+
     /// Connects to `url` (a `ws://` URL), within [`default_timeout`].
     pub async fn connect(url: &str) -> Client {
         let connecting = tokio_tungstenite::connect_async_with_config(url, None, true);
@@ -848,6 +901,7 @@ impl Client {
             pending: VecDeque::new(),
             closed: None,
             timeout: default_timeout(),
+            compressed: 0,
         }
     }
 
@@ -918,6 +972,15 @@ impl Client {
                 Message::Close(frame) => {
                     let code = frame.map(|f| u16::from(f.code));
                     return Some(self.mark_closed(code));
+                }
+                // Only a compressed data frame arrives raw (permessage-deflate was negotiated).
+                Message::Frame(frame) if frame.header().rsv1 => {
+                    self.compressed += 1;
+                    let text = inflate_text(frame.payload());
+                    let frame = ServerFrame::decode(&text).unwrap_or_else(|e| {
+                        panic!("{}: undecodable server frame ({e}): {text}", self.label)
+                    });
+                    return Some(Event::Frame(frame));
                 }
                 Message::Binary(b) => panic!("{}: server sent a binary frame: {b:?}", self.label),
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}

@@ -44,6 +44,8 @@ async fn clients_on_three_nodes_share_a_room_in_one_order() {
         let got = c.recv_messages_in("hall", 30).await;
         assert_consecutive(&got, 1);
         orders.push(contents(&got));
+        // The cluster's clients negotiate permessage-deflate: message frames came compressed.
+        assert!(c.compressed > 0, "{}: nothing arrived compressed", c.label);
     }
     assert_eq!(
         orders[0], orders[1],

@@ -201,6 +201,7 @@ async fn javascript_client_and_browser_tests_pass() {
             "--test-concurrency=1",
             "--test-timeout=600000",
             "client.test.mjs",
+            "deflate.test.mjs",
             "browser.test.mjs",
         ])
         .current_dir(&dir)

@@ -123,6 +123,19 @@ test('two people chat in a room and see the counts change; HTML stays text', asy
   await waitText(pb, '#messages .msg[data-seq] .bubble .text', 'Hi Bob!');
   await send(pb, 'Hello Alice 你好');
   await waitText(pa, '#messages .msg[data-seq] .bubble .text', 'Hello Alice 你好');
+  // Chromium offers permessage-deflate and the gateway (compression on by default) accepts it:
+  // frames over the threshold travel compressed both ways, and read the same.
+  const extensions = await pa.evaluate(async (url) => {
+    const ws = new WebSocket(url);
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+    const negotiated = ws.extensions;
+    ws.close();
+    return negotiated;
+  }, gateway.wsUrl);
+  assert.match(extensions, /permessage-deflate/);
+  const long = `${'a long line that compresses well, '.repeat(12)}end`;
+  await send(pa, long);
+  await waitText(pb, '#messages .msg[data-seq] .bubble .text', long);
   // Own messages on the right, others with their names.
   assert.equal(await pa.locator('#messages .msg.own[data-seq] .bubble .text').first().textContent(), 'Hi Bob!');
   const bobsInA = pa.locator('#messages .msg:not(.own)[data-seq]').first();

@@ -150,6 +150,18 @@ pub struct LogSettings {
 #[allow(missing_docs)]
 pub struct WebSocketSettings {
     pub write_delay_ms: u64,
+    pub compression: Compression,
+    pub compression_threshold_bytes: usize,
+}
+
+/// `websocket.compression`: whether permessage-deflate is offered to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Never negotiated: every frame goes out as it is.
+    Off,
+    /// Negotiated with clients that offer it (no context takeover).
+    On,
 }
 
 /// `[web]`: the browser chat served at `/`.

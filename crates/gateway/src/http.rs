@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -32,7 +32,9 @@ use chat_protocol::server::HistoryPage;
 use chat_protocol::{ErrorCode, RoomId};
 use serde_json::json;
 
+use crate::config::Compression;
 use crate::node::Node;
+use crate::upgrade::WsUpgrade;
 use crate::{web, ws};
 
 /// The node's routes.
@@ -56,7 +58,7 @@ async fn upgrade(
     tls_peer: Option<axum::Extension<axum::extract::ConnectInfo<crate::tls::TlsPeer>>>,
     headers: HeaderMap,
     uri: Uri,
-    upgrade: WebSocketUpgrade,
+    upgrade: WsUpgrade,
 ) -> Response {
     let ip = peer
         .map(|axum::Extension(info)| info.0.ip())
@@ -69,7 +71,7 @@ async fn upgrade(
 /// send an `auth` frame within `auth.timeout_secs`).
 pub(crate) fn accept_checked(
     node: Arc<Node>,
-    upgrade: WebSocketUpgrade,
+    upgrade: WsUpgrade,
     legacy: bool,
     headers: &HeaderMap,
     uri: &Uri,
@@ -110,7 +112,7 @@ pub(crate) fn accept_checked(
 /// `grant`: the token verified with the upgrade, if any.
 pub(crate) fn accept(
     node: Arc<Node>,
-    upgrade: WebSocketUpgrade,
+    upgrade: WsUpgrade,
     legacy: bool,
     grant: Option<crate::auth::Grant>,
     slot: crate::limits::ConnectionSlot,
@@ -124,20 +126,23 @@ pub(crate) fn accept(
     }
     let limits = &node.settings.limits;
     let tracker = node.sessions.clone();
-    upgrade
+    let config = tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(limits.read_buffer_bytes)
         .write_buffer_size(limits.write_buffer_bytes)
         .max_write_buffer_size(limits.write_buffer_bytes + limits.max_frame_bytes * 2)
-        .max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
-        // axum spawns the upgraded connection detached; the tracker lets shutdown wait for it.
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                ws::drive_with(socket, node, legacy, grant).await;
-                // The place is freed when the connection's task ends.
-                drop(slot);
-            })
+        // Compressed inbound frames are limited again after inflating (`crate::deflate`).
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    let deflate =
+        node.settings.websocket.compression == Compression::On && upgrade.deflate_offered();
+    // The upgraded connection runs detached; the tracker lets shutdown wait for it.
+    upgrade.on_upgrade(config, deflate, move |socket| {
+        tracker.track_future(async move {
+            ws::drive_with(socket, node, legacy, grant, deflate).await;
+            // The place is freed when the connection's task ends.
+            drop(slot);
         })
+    })
 }
 
 fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {

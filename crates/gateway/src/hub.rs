@@ -20,11 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use chat_backend::{BackendError, Broker, BrokerEvent, Head, Notice, Store, StreamKey};
 use chat_protocol::{ChatMessage, LogoutReason, RoomId, ServerFrame, UserId, close};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tungstenite::Utf8Bytes;
 
 use crate::membership::{JoinVerdict, Membership, Vouched};
 
@@ -53,6 +53,9 @@ pub enum Outbound {
         /// For a legacy-dialect connection: the broadcast's translation slot, shared by all of
         /// its legacy recipients on this node so it is translated once (see [`crate::legacy`]).
         legacy: Option<crate::legacy::Cache>,
+        /// For a connection that negotiated permessage-deflate: the broadcast's compressed form,
+        /// shared by all such recipients on this node so it is compressed once.
+        deflated: Option<crate::deflate::Shared>,
     },
     /// The user left the room (a `logout` from any of their connections, on any node).
     Left(RoomId),
@@ -74,10 +77,13 @@ pub struct Mark {
 pub struct ConnHandle {
     /// The connection's id on this node.
     pub id: ConnId,
-    tx: mpsc::Sender<Outbound>,
+    tx: crate::outbox::Sender,
     kill: Arc<KillSwitch>,
     /// The connection speaks the legacy dialect: its frames come with a shared translation slot.
     legacy: bool,
+    /// The connection negotiated permessage-deflate: its frames come with a shared compression
+    /// slot.
+    deflate: bool,
 }
 
 #[derive(Debug)]
@@ -88,7 +94,7 @@ struct KillSwitch {
 
 impl ConnHandle {
     /// A handle around a connection's bounded outbound queue.
-    pub fn new(id: ConnId, tx: mpsc::Sender<Outbound>) -> Self {
+    pub fn new(id: ConnId, tx: crate::outbox::Sender) -> Self {
         let kill = Arc::new(KillSwitch {
             token: CancellationToken::new(),
             code: AtomicU16::new(close::NORMAL),
@@ -98,7 +104,14 @@ impl ConnHandle {
             tx,
             kill,
             legacy: false,
+            deflate: false,
         }
+    }
+
+    /// Marks the connection as having negotiated permessage-deflate ([`crate::deflate`]).
+    pub fn compressing(mut self) -> Self {
+        self.deflate = true;
+        self
     }
 
     /// Marks the connection as speaking the legacy dialect ([`crate::legacy`]).
@@ -125,12 +138,12 @@ impl ConnHandle {
     fn offer(&self, item: Outbound) {
         match self.tx.try_send(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(crate::outbox::TrySendError::Full) => {
                 tracing::debug!(conn = self.id, "outbound queue full: closing slow consumer");
                 self.kill(close::SLOW_CONSUMER);
             }
             // The connection is already gone; its session detaches it.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(crate::outbox::TrySendError::Closed) => {}
         }
     }
 }
@@ -215,6 +228,8 @@ impl LocalStream {
     fn broadcast(&mut self, text: &Utf8Bytes, mark: Option<Mark>) {
         // Created for the first legacy recipient only, so v1-only streams pay nothing.
         let mut legacy: Option<crate::legacy::Cache> = None;
+        // Likewise for the first v1 recipient that compresses: one compression per broadcast.
+        let mut deflated: Option<crate::deflate::Shared> = None;
         for conn in self.conns.values_mut() {
             if mark
                 .as_ref()
@@ -229,6 +244,9 @@ impl LocalStream {
                     .handle
                     .legacy
                     .then(|| legacy.get_or_insert_with(Default::default).clone()),
+                // A legacy connection's text is its own translation: compressed by its driver.
+                deflated: (conn.handle.deflate && !conn.handle.legacy)
+                    .then(|| deflated.get_or_insert_with(Default::default).clone()),
             };
             match &mut conn.gate {
                 Some(held) if held.len() < GATE_CAPACITY => held.push(item),

@@ -37,7 +37,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use axum::extract::ws::Utf8Bytes;
 use chat_backend::JoinOutcome;
 use chat_protocol::client::MAX_NAME_CHARS;
 use chat_protocol::{
@@ -46,6 +45,7 @@ use chat_protocol::{
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tungstenite::Utf8Bytes;
 
 /// A broadcast's legacy translation, computed by the first legacy recipient on this node that
 /// writes it and shared by the others. The hub creates one per broadcast (only when the stream has

@@ -28,6 +28,8 @@ pub const CONNECTIONS_CLOSED: &str = "chat_connections_closed_total";
 pub const FRAMES_IN: &str = "chat_frames_in_total";
 /// WebSocket text frames written to clients.
 pub const FRAMES_OUT: &str = "chat_frames_out_total";
+/// Text frames written compressed (permessage-deflate), a subset of [`FRAMES_OUT`].
+pub const FRAMES_COMPRESSED: &str = "chat_frames_compressed_total";
 /// Stream messages (room and direct) written to clients.
 pub const DELIVERIES: &str = "chat_deliveries_total";
 /// Posts accepted (answered with `sent`).
@@ -115,6 +117,10 @@ fn describe() {
     );
     describe_counter!(FRAMES_IN, "Text frames read from clients");
     describe_counter!(FRAMES_OUT, "Text frames written to clients");
+    describe_counter!(
+        FRAMES_COMPRESSED,
+        "Text frames written compressed (permessage-deflate)"
+    );
     describe_counter!(DELIVERIES, "Stream messages written to clients");
     describe_counter!(POSTS, "Posts accepted");
     describe_counter!(ACKS, "Acks received");
@@ -148,6 +154,8 @@ pub struct Hot {
     pub frames_in: Counter,
     /// [`FRAMES_OUT`].
     pub frames_out: Counter,
+    /// [`FRAMES_COMPRESSED`].
+    pub frames_compressed: Counter,
     /// [`DELIVERIES`].
     pub deliveries: Counter,
     /// [`POSTS`].
@@ -165,6 +173,7 @@ pub fn hot() -> &'static Hot {
         Hot {
             frames_in: counter!(FRAMES_IN),
             frames_out: counter!(FRAMES_OUT),
+            frames_compressed: counter!(FRAMES_COMPRESSED),
             deliveries: counter!(DELIVERIES),
             posts: counter!(POSTS),
             acks: counter!(ACKS),

@@ -37,7 +37,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
 use chat_backend::{BackendError, Draft, JoinRequest, Notice, Position, StreamKey};
 use chat_protocol::client::{AckStream, parse_client_frame_as};
 use chat_protocol::close;
@@ -46,6 +45,7 @@ use chat_protocol::{
     ChatMessage, ClientFrame, ErrorCode, HistoryRequest, LoginRequest, LogoutReason, PostRequest,
     PresenceNotice, ProtocolError, RoomId, ServerFrame, Target, UserId,
 };
+use tungstenite::Utf8Bytes;
 
 use crate::auth::Grant;
 use crate::delivery::{self, Due, Tracker};

@@ -18,8 +18,6 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -122,7 +120,7 @@ async fn root(
     tls_peer: Option<axum::Extension<axum::extract::ConnectInfo<crate::tls::TlsPeer>>>,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<crate::upgrade::WsUpgrade, crate::upgrade::WsRejection>,
 ) -> Response {
     let ip = peer
         .map(|axum::Extension(info)| info.0.ip())

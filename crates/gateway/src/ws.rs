@@ -5,21 +5,68 @@
 //! (resend, or close with 4002; see [`crate::delivery`]), a kill switch (slow consumer) and node
 //! shutdown. Writes are coalesced: everything already queued is fed to the sink and then
 //! flushed once.
+//!
+//! With permessage-deflate negotiated ([`crate::deflate`]), frames of at least
+//! `websocket.compression_threshold_bytes` go out compressed (RSV1 set): a broadcast's bytes are
+//! compressed once per node and shared by its recipients, a reply is compressed for its own
+//! connection. Compressed inbound frames are inflated up to `limits.max_frame_bytes` (1009 past it).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
 use chat_protocol::close;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tracing::Instrument;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame};
+use tungstenite::{Message, Utf8Bytes};
 
+use crate::deflate::{self, Inflate};
 use crate::hub::{ConnHandle, Outbound};
 use crate::node::Node;
 use crate::session::Session;
+use crate::upgrade::Socket;
+
+/// Close code for a compressed frame that does not inflate (or is not UTF-8 text): RFC 6455's
+/// "invalid frame payload data".
+const INVALID_PAYLOAD: u16 = 1007;
+
+type Sink = SplitSink<Socket, Message>;
+type Stream = SplitStream<Socket>;
+
+/// How this connection's frames are written: plain, or compressed past a size.
+#[derive(Clone, Copy)]
+struct Encoder {
+    /// permessage-deflate was negotiated.
+    deflate: bool,
+    /// Smaller payloads go out uncompressed.
+    threshold: usize,
+}
+
+impl Encoder {
+    /// The message for `text`; `shared` is the broadcast's compression slot, if it has one.
+    fn message(self, text: Utf8Bytes, shared: Option<&deflate::Shared>) -> Message {
+        if !self.deflate || text.len() < self.threshold {
+            return Message::Text(text);
+        }
+        let packed = match shared {
+            Some(shared) => shared.get(text.as_str()),
+            None => deflate::compress(text.as_bytes()),
+        };
+        match packed {
+            Some(bytes) => {
+                crate::metrics::hot().frames_compressed.increment(1);
+                let mut frame = Frame::message(bytes, OpCode::Data(Data::Text), true);
+                frame.header_mut().rsv1 = true;
+                Message::Frame(frame)
+            }
+            None => Message::Text(text),
+        }
+    }
+}
 
 /// Most hub items written per flush, so one busy connection cannot monopolize its task forever.
 const MAX_BATCH: usize = 256;
@@ -32,26 +79,34 @@ enum Ending {
     Gone,
 }
 
-/// Runs one protocol v1 connection to its end, then cleans up its session.
-pub async fn drive(socket: WebSocket, node: Arc<Node>) {
-    drive_as(socket, node, false).await;
+/// Runs one protocol v1 connection (without compression) to its end, then cleans up its session.
+pub async fn drive(socket: Socket, node: Arc<Node>) {
+    drive_as(socket, node, false, false).await;
 }
 
 /// Runs one connection to its end, then cleans up its session; `legacy`: it speaks the classic
-/// tutorial client's dialect ([`crate::legacy`]).
-pub async fn drive_as(socket: WebSocket, node: Arc<Node>, legacy: bool) {
-    drive_with(socket, node, legacy, None).await;
+/// tutorial client's dialect ([`crate::legacy`]); `deflate`: it negotiated permessage-deflate.
+pub async fn drive_as(socket: Socket, node: Arc<Node>, legacy: bool, deflate: bool) {
+    drive_with(socket, node, legacy, None, deflate).await;
 }
 
 /// [`drive_as`] for a connection whose token was verified at the upgrade (`auth.mode = "jwt"`).
 pub async fn drive_with(
-    socket: WebSocket,
+    socket: Socket,
     node: Arc<Node>,
     legacy: bool,
     grant: Option<crate::auth::Grant>,
+    deflate: bool,
 ) {
-    let (tx, rx) = mpsc::channel(node.settings.limits.outbound_queue);
-    let conn = ConnHandle::new(node.hub.next_conn_id(), tx);
+    let (tx, rx) = crate::outbox::channel(node.settings.limits.outbound_queue);
+    let mut conn = ConnHandle::new(node.hub.next_conn_id(), tx);
+    if deflate {
+        conn = conn.compressing();
+    }
+    let encoder = Encoder {
+        deflate,
+        threshold: node.settings.websocket.compression_threshold_bytes,
+    };
     // Every log line of this connection (errors included) names the node, the connection and,
     // once logged in, the user; rooms are named by each line.
     let span = tracing::info_span!(
@@ -60,18 +115,19 @@ pub async fn drive_with(
         conn = conn.id,
         user = tracing::field::Empty
     );
-    drive_conn(socket, node, legacy, grant, conn, rx)
+    drive_conn(socket, node, legacy, grant, encoder, conn, rx)
         .instrument(span)
         .await;
 }
 
 async fn drive_conn(
-    socket: WebSocket,
+    socket: Socket,
     node: Arc<Node>,
     legacy: bool,
     grant: Option<crate::auth::Grant>,
+    encoder: Encoder,
     conn: ConnHandle,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: crate::outbox::Receiver,
 ) {
     let mut session = Session::new(node.clone(), conn.clone());
     if legacy {
@@ -87,9 +143,18 @@ async fn drive_conn(
     }
     let opened = Instant::now();
     metrics::counter!(crate::metrics::CONNECTIONS_OPENED).increment(1);
-    tracing::debug!(legacy, "connection open");
+    tracing::debug!(legacy, deflate = encoder.deflate, "connection open");
     let (mut sink, mut stream) = socket.split();
-    let ending = run(&node, &conn, &mut session, &mut sink, &mut stream, &mut rx).await;
+    let ending = run(
+        &node,
+        &conn,
+        encoder,
+        &mut session,
+        &mut sink,
+        &mut stream,
+        &mut rx,
+    )
+    .await;
     drop(registration);
     let (code, reason) = match &ending {
         Ending::Close(code, reason) => (code.to_string(), *reason),
@@ -105,8 +170,8 @@ async fn drive_conn(
 
     if let Ending::Close(code, reason) = ending {
         let frame = CloseFrame {
-            code,
-            reason: reason.into(),
+            code: code.into(),
+            reason: Utf8Bytes::from_static(reason),
         };
         // The peer may be gone or stuck; do not let a close wait forever.
         let _ = timeout(
@@ -134,17 +199,20 @@ async fn drive_conn(
         .await;
         drop(sink);
     });
-    session.finish().await;
+    // Boxed, like the session's other handlers: the connection's task stays small (see `run`).
+    Box::pin(session.finish()).await;
 }
 
 async fn run(
     node: &Node,
     conn: &ConnHandle,
+    encoder: Encoder,
     session: &mut Session,
-    sink: &mut SplitSink<WebSocket, Message>,
-    stream: &mut SplitStream<WebSocket>,
-    rx: &mut mpsc::Receiver<Outbound>,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    rx: &mut crate::outbox::Receiver,
 ) -> Ending {
+    let max_frame = node.settings.limits.max_frame_bytes;
     let idle_timeout = node.settings.idle_timeout();
     let write_timeout = Duration::from_secs(node.settings.limits.write_timeout_secs);
     let write_delay = Duration::from_millis(node.settings.websocket.write_delay_ms);
@@ -157,7 +225,7 @@ async fn run(
 
     loop {
         if session.has_replies() {
-            match timeout(write_timeout, write_batch(session, sink, rx, None)).await {
+            match timeout(write_timeout, write_batch(encoder, session, sink, rx, None)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(())) => return Ending::Gone,
                 Err(_) => return Ending::Close(close::SLOW_CONSUMER, "write timed out"),
@@ -181,7 +249,7 @@ async fn run(
                     // Let more frames queue up behind this one: one write for all of them.
                     tokio::time::sleep(write_delay).await;
                 }
-                match timeout(write_timeout, write_batch(session, sink, rx, Some(item))).await {
+                match timeout(write_timeout, write_batch(encoder, session, sink, rx, Some(item))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(())) => return Ending::Gone,
                     Err(_) => return Ending::Close(close::SLOW_CONSUMER, "write timed out"),
@@ -198,9 +266,29 @@ async fn run(
                 match message {
                     Message::Text(text) => {
                         crate::metrics::hot().frames_in.increment(1);
-                        session.on_text(text.as_str()).await
+                        on_text(session, text.as_str()).await
                     }
                     Message::Binary(_) => session.on_binary(),
+                    // Only a compressed (RSV1) data frame comes as a raw frame (permessage-deflate).
+                    Message::Frame(frame) => {
+                        let text = frame.header().opcode == OpCode::Data(Data::Text);
+                        match deflate::inflate(frame.payload(), max_frame) {
+                            Err(Inflate::TooBig) => {
+                                return Ending::Close(close::MESSAGE_TOO_BIG, "frame too large");
+                            }
+                            Err(Inflate::Corrupt) => {
+                                return Ending::Close(INVALID_PAYLOAD, "bad compressed frame");
+                            }
+                            Ok(bytes) if text => match String::from_utf8(bytes) {
+                                Ok(text) => {
+                                    crate::metrics::hot().frames_in.increment(1);
+                                    on_text(session, &text).await
+                                }
+                                Err(_) => return Ending::Close(INVALID_PAYLOAD, "frame is not UTF-8"),
+                            },
+                            Ok(_) => session.on_binary(),
+                        }
+                    }
                     // tungstenite answers pings itself; pongs only prove the client is alive.
                     Message::Ping(_) | Message::Pong(_) => {}
                     Message::Close(_) => return Ending::Gone,
@@ -222,21 +310,29 @@ async fn run(
                 }
             }
             _ = ping.tick() => {
-                if timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                if timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await.map_or(true, |r| r.is_err()) {
                     return Ending::Gone;
                 }
-                session.on_tick().await;
+                Box::pin(session.on_tick()).await;
             }
         }
     }
 }
 
+/// Hands a text frame to the session. Boxed: the session's handlers (backend round trips, replays)
+/// are large state machines, and inlined they would make every connection's task as large as
+/// the largest of them for its whole life, idle or not. One allocation per inbound frame instead.
+async fn on_text(session: &mut Session, text: &str) {
+    Box::pin(session.on_text(text)).await;
+}
+
 /// Writes the session's replies, then `first` and whatever else the hub has queued, then flushes
 /// once.
 async fn write_batch(
+    encoder: Encoder,
     session: &mut Session,
-    sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Outbound>,
+    sink: &mut Sink,
+    rx: &mut crate::outbox::Receiver,
     first: Option<Outbound>,
 ) -> Result<(), ()> {
     // Everything queued behind the first item: the connection's backlog at its deepest point.
@@ -249,20 +345,29 @@ async fn write_batch(
         if let Some(mark) = reply.mark {
             marks.push((mark, reply.text.clone()));
         }
-        sink.feed(Message::Text(reply.text)).await.map_err(|_| ())?;
+        sink.feed(encoder.message(reply.text, None))
+            .await
+            .map_err(|_| ())?;
     }
     let mut next = first;
     let mut written = 0;
     while let Some(item) = next.take() {
         match item {
-            Outbound::Frame { text, mark, legacy } => {
+            Outbound::Frame {
+                text,
+                mark,
+                legacy,
+                deflated,
+            } => {
                 // A frame a legacy client must not get still counts as delivered (its own post).
                 // The shared v1 frame is what an acking (v1) session keeps for resending.
                 if let Some(mark) = mark {
                     marks.push((mark, text.clone()));
                 }
                 if let Some(text) = session.outbound_text(text, legacy.as_ref()) {
-                    sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+                    sink.feed(encoder.message(text, deflated.as_ref()))
+                        .await
+                        .map_err(|_| ())?;
                     frames += 1;
                 }
             }
@@ -293,19 +398,16 @@ async fn resend_deadline(at: Option<std::time::Instant>) {
 
 /// A read error: an oversized frame gets 1009, a protocol violation 1002, invalid UTF-8 1007
 /// (RFC 6455 §7.4.1); anything else means the connection is broken.
-fn read_error(error: axum::Error) -> Ending {
-    let inner = error.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => {
-            Ending::Close(close::MESSAGE_TOO_BIG, "frame too large")
-        }
-        Some(tungstenite::Error::Utf8(_)) => Ending::Close(close::INVALID_DATA, "invalid UTF-8"),
-        Some(tungstenite::Error::Protocol(p)) => {
+fn read_error(error: tungstenite::Error) -> Ending {
+    match &error {
+        tungstenite::Error::Capacity(_) => Ending::Close(close::MESSAGE_TOO_BIG, "frame too large"),
+        tungstenite::Error::Utf8(_) => Ending::Close(close::INVALID_DATA, "invalid UTF-8"),
+        tungstenite::Error::Protocol(p) => {
             tracing::debug!(error = %p, "websocket protocol violation");
             Ending::Close(close::PROTOCOL_ERROR, "protocol error")
         }
         _ => {
-            tracing::debug!(error = %inner, "websocket read failed");
+            tracing::debug!(%error, "websocket read failed");
             Ending::Gone
         }
     }

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use chat_backend::memory::{self, MemoryConfig};
 use chat_backend::{Backend, BrokerEvent, Draft, StreamKey};
 use chat_gateway::hub::{ConnHandle, Hub, Outbound};
+use chat_gateway::outbox;
 use chat_protocol::{RoomId, ServerFrame, UserId};
-use tokio::sync::mpsc;
 
 struct Setup {
     backend: Backend,
     hub: Arc<Hub>,
-    rx: mpsc::Receiver<Outbound>,
+    rx: outbox::Receiver,
     key: StreamKey,
     room: RoomId,
 }
@@ -22,7 +22,7 @@ async fn setup() -> Setup {
         history_per_room: 100,
     });
     let hub = Hub::new(backend.store.clone(), backend.broker.clone());
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = outbox::channel(64);
     let conn = ConnHandle::new(hub.next_conn_id(), tx);
     let room = RoomId::new("r").expect("id");
     let key = StreamKey::Room(room.clone());
@@ -54,7 +54,7 @@ async fn post(s: &mut Setup, n: usize) -> Vec<BrokerEvent> {
     events
 }
 
-fn delivered(rx: &mut mpsc::Receiver<Outbound>) -> Vec<u64> {
+fn delivered(rx: &mut outbox::Receiver) -> Vec<u64> {
     let mut seqs = Vec::new();
     while let Ok(item) = rx.try_recv() {
         if let Outbound::Frame { text, mark, .. } = item {
@@ -115,7 +115,7 @@ async fn a_lost_last_message_is_found_after_a_resubscribe() {
 #[tokio::test]
 async fn a_gated_connection_gets_held_frames_after_its_replay_in_order() {
     let mut s = setup().await;
-    let (tx, mut late_rx) = mpsc::channel(64);
+    let (tx, mut late_rx) = outbox::channel(64);
     let late = ConnHandle::new(s.hub.next_conn_id(), tx);
     let events = post(&mut s, 3).await;
     s.hub.apply(events[0].clone()).await;
@@ -138,7 +138,7 @@ async fn a_gated_connection_gets_held_frames_after_its_replay_in_order() {
 #[tokio::test]
 async fn a_replay_ahead_of_a_lagging_node_is_not_delivered_again_live() {
     let mut s = setup().await;
-    let (tx, mut late_rx) = mpsc::channel(64);
+    let (tx, mut late_rx) = outbox::channel(64);
     let late = ConnHandle::new(s.hub.next_conn_id(), tx);
     // The store has 3 messages; this node has delivered none of them yet (its pump lags).
     let events = post(&mut s, 3).await;

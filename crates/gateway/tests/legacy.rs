@@ -6,16 +6,16 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use chat_gateway::hub::{ConnHandle, Outbound};
 use chat_gateway::legacy::Cache;
+use chat_gateway::outbox;
 use chat_gateway::session::Session;
 use chat_protocol::ServerFrame;
 use support::{Conn, Harness};
-use tokio::sync::mpsc;
+use tungstenite::Utf8Bytes;
 
 fn legacy_conn(h: &Harness) -> Conn {
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = outbox::channel(64);
     let conn = ConnHandle::new(h.node.hub.next_conn_id(), tx);
     Conn {
         session: Session::new(h.node.clone(), conn).speaking_legacy(),

@@ -8,6 +8,11 @@
 //! - `idle`: opens `--clients` connections that log in and stay silent, and reports the gateway's
 //!   resident memory per connection (`--pid`, read from /proc).
 //!
+//! `--deflate` offers permessage-deflate (as browsers do) and reads compressed frames; fan-out
+//! runs report the bytes received per delivery (frame headers included) either way.
+//! Connections are spread over source addresses 127.0.0.1.. (`--sources`): one address has some
+//! 28k ephemeral ports towards one listener.
+//!
 //! Targets must be loopback addresses; runs are bounded by `--secs` and `--clients`.
 
 use std::collections::HashMap;
@@ -66,6 +71,16 @@ struct Args {
     /// reported per post when it closes.
     #[arg(long)]
     redis_port: Option<u16>,
+    /// Offer permessage-deflate and inflate the compressed frames received.
+    #[arg(long)]
+    deflate: bool,
+    /// Bytes of `content` per post (fan-out mode): the send time, then chat-like filler text.
+    #[arg(long, default_value_t = 0)]
+    content_bytes: usize,
+    /// Source addresses to spread connections over: 127.0.0.1 to 127.0.0.N (127.0.0.0/8 targets
+    /// only). 0: one per 20,000 connections.
+    #[arg(long, default_value_t = 0)]
+    sources: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -78,6 +93,8 @@ enum Mode {
 struct Totals {
     sent: AtomicU64,
     received: AtomicU64,
+    /// Bytes of message frames received, headers included (compressed size when compressed).
+    wire_bytes: AtomicU64,
     gaps: AtomicU64,
     errors: AtomicU64,
 }
@@ -122,15 +139,90 @@ async fn main() {
     }
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Inflates a permessage-deflate payload (no context takeover, the gateway's only mode).
+fn inflate(payload: &[u8]) -> Option<String> {
+    let mut data = payload.to_vec();
+    data.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
+    // Server frames are at most a history page; bounded all the same.
+    let mut out = Vec::with_capacity(1 << 20);
+    flate2::Decompress::new(false)
+        .decompress_vec(&data, &mut out, flate2::FlushDecompress::Sync)
+        .ok()?;
+    String::from_utf8(out).ok()
+}
+
+/// A received text frame (inflated if it came compressed) and its size on the wire.
+fn text_of(message: Message) -> Option<(String, usize)> {
+    let (text, payload_len) = match message {
+        Message::Text(t) => {
+            let len = t.len();
+            (t.as_str().to_owned(), len)
+        }
+        Message::Frame(f) if f.header().rsv1 => (inflate(f.payload())?, f.payload().len()),
+        _ => return None,
+    };
+    // Server frames are unmasked: 2 header bytes, 4 more past 125 bytes, 10 past 64 KiB.
+    let header = match payload_len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    Some((text, payload_len + header))
+}
+
+async fn connect(args: &Args, i: usize, url: &str) -> Result<Socket, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    let host_port = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| format!("bad url {url}"))?;
+    let target: std::net::SocketAddr = tokio::net::lookup_host(host_port)
+        .await
+        .map_err(|e| format!("resolve {url}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolve {url}: no address"))?;
+    let sources = match args.sources {
+        0 => args.clients.div_ceil(20_000).max(1),
+        n => n.min(254),
+    };
+    let tcp = if sources > 1 && target.ip().to_string().starts_with("127.") {
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        let last = u8::try_from(1 + i % sources).unwrap_or(1);
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))
+            .map_err(|e| format!("bind 127.0.0.{last}: {e}"))?;
+        socket.connect(target).await
+    } else {
+        tokio::net::TcpStream::connect(target).await
+    }
+    .map_err(|e| format!("connect {url}: {e}"))?;
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    if args.deflate {
+        request.headers_mut().insert(
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits"
+                .parse()
+                .map_err(|_| "header")?,
+        );
+    }
+    let config = WebSocketConfig::default().accept_compressed_frames(args.deflate);
+    let (ws, response) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+        .await
+        .map_err(|e| format!("handshake {url}: {e}"))?;
+    if args.deflate && response.headers().get("sec-websocket-extensions").is_none() {
+        return Err(format!("{url} did not accept permessage-deflate"));
+    }
+    Ok(ws)
+}
 
 async fn connect_and_login(args: &Args, i: usize) -> Result<(Socket, String), String> {
     // Client i is member i / rooms of room i % rooms: alternate nodes within each room.
     let url = &args.url[(i / args.rooms.max(1)) % args.url.len()];
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
-        .await
-        .map_err(|e| format!("connect {url}: {e}"))?;
+    let mut ws = connect(args, i, url).await?;
     let room = format!("{}-{}", args.room_prefix, i % args.rooms.max(1));
     let login = json!({"event":"login","roomId":room,"userId":format!("u{i}"),"userName":format!("user {i}")});
     ws.send(Message::text(login.to_string()))
@@ -143,15 +235,17 @@ async fn connect_and_login(args: &Args, i: usize) -> Result<(Socket, String), St
             .await
             .map_err(|_| "no joined in 30 s".to_owned())?;
         match next {
-            Some(Ok(Message::Text(t))) => {
-                if let Ok(ServerFrame::Joined(_)) = ServerFrame::decode(t.as_str()) {
+            Some(Ok(message)) => {
+                let Some((text, _)) = text_of(message) else {
+                    continue;
+                };
+                if let Ok(ServerFrame::Joined(_)) = ServerFrame::decode(&text) {
                     return Ok((ws, room));
                 }
-                if let Ok(ServerFrame::Error(e)) = ServerFrame::decode(t.as_str()) {
+                if let Ok(ServerFrame::Error(e)) = ServerFrame::decode(&text) {
                     return Err(format!("login refused: {} {}", e.code, e.message));
                 }
             }
-            Some(Ok(_)) => {}
             Some(Err(e)) => return Err(e.to_string()),
             None => return Err("closed before joined".into()),
         }
@@ -217,12 +311,23 @@ async fn fanout(args: &Args, secs: u64) {
     let posters = args.posters.min(sockets.len()).max(1);
     let ack_every = args.ack_every;
     let per_poster_interval = Duration::from_secs_f64(posters as f64 / args.rate.max(1) as f64);
+    // Chat-like filler (words, spaces, some repetition) after the send time, to the asked size.
+    let filler: Arc<str> = {
+        let words = "hey did you see the game last night it was great we should meet up later ";
+        let mut f = String::new();
+        while f.len() < args.content_bytes {
+            f.push_str(words);
+        }
+        f.truncate(args.content_bytes.saturating_sub(17));
+        Arc::from(f)
+    };
 
     let mut tasks = Vec::new();
     for (i, (ws, room)) in sockets.into_iter().enumerate() {
         let totals = totals.clone();
         let histogram = histogram.clone();
         let posts = i < posters;
+        let filler = filler.clone();
         tasks.push(tokio::spawn(async move {
             let (mut sink, mut stream) = ws.split();
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
@@ -233,15 +338,20 @@ async fn fanout(args: &Args, secs: u64) {
             loop {
                 tokio::select! {
                     _ = tick.tick(), if posts && Instant::now() < stop_at => {
-                        let frame = json!({"event":"message","roomId":room,"content":now_micros().to_string()});
+                        let content = format!("{} {filler}", now_micros());
+                        let frame = json!({"event":"message","roomId":room,"content":content.trim_end()});
                         if sink.send(Message::text(frame.to_string())).await.is_err() { break; }
                         totals.sent.fetch_add(1, Ordering::Relaxed);
                     }
                     _ = tokio::time::sleep_until(drain_until.into()) => break,
                     msg = stream.next() => match msg {
-                        Some(Ok(Message::Text(t))) => match ServerFrame::decode(t.as_str()) {
+                        Some(Ok(message)) => match text_of(message) {
+                          None => {}
+                          Some((text, wire)) => match ServerFrame::decode(&text) {
                             Ok(ServerFrame::Message(m)) => {
-                                if let Ok(sent_at) = m.content.parse::<u64>() {
+                                totals.wire_bytes.fetch_add(wire as u64, Ordering::Relaxed);
+                                let sent_at = m.content.split(' ').next().unwrap_or_default();
+                                if let Ok(sent_at) = sent_at.parse::<u64>() {
                                     let _ = local.record(now_micros().saturating_sub(sent_at).max(1));
                                 }
                                 let room = m.room_id.map(|r| r.to_string()).unwrap_or_default();
@@ -258,8 +368,8 @@ async fn fanout(args: &Args, secs: u64) {
                             }
                             Ok(ServerFrame::Error(_)) => { totals.errors.fetch_add(1, Ordering::Relaxed); }
                             _ => {}
+                          },
                         },
-                        Some(Ok(_)) => {}
                         _ => { totals.errors.fetch_add(1, Ordering::Relaxed); break; }
                     }
                 }
@@ -287,6 +397,12 @@ async fn fanout(args: &Args, secs: u64) {
         totals.errors.load(Ordering::Relaxed)
     );
     println!("deliveries/s={:.0}", received as f64 / secs as f64);
+    println!(
+        "deflate={} content_bytes={} wire_bytes_per_delivery={:.1}",
+        args.deflate,
+        args.content_bytes,
+        totals.wire_bytes.load(Ordering::Relaxed) as f64 / received.max(1) as f64
+    );
     if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
         // /proc reports clock ticks; USER_HZ is 100 on Linux.
         let cpu_ms = after.saturating_sub(before) * 10;

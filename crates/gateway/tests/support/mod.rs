@@ -11,9 +11,9 @@ use chat_backend::memory::{self, MemoryConfig};
 use chat_gateway::config::Settings;
 use chat_gateway::hub::{ConnHandle, Outbound};
 use chat_gateway::node::Node;
+use chat_gateway::outbox;
 use chat_gateway::session::Session;
 use chat_protocol::ServerFrame;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// A node on the in-memory backend with its pump running, and no socket.
@@ -29,7 +29,7 @@ pub struct Conn {
     /// The session under test.
     pub session: Session,
     /// What the hub queued for the connection.
-    pub rx: mpsc::Receiver<Outbound>,
+    pub rx: outbox::Receiver,
 }
 
 impl Harness {
@@ -73,7 +73,7 @@ impl Harness {
 
     /// A new connection with a queue of 64.
     pub fn connect(&self) -> Conn {
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = outbox::channel(64);
         let conn = ConnHandle::new(self.node.hub.next_conn_id(), tx);
         Conn {
             session: Session::new(self.node.clone(), conn),
