@@ -345,10 +345,9 @@ async fn fanout(args: &Args, secs: u64) {
                     }
                     _ = tokio::time::sleep_until(drain_until.into()) => break,
                     msg = stream.next() => match msg {
-                        Some(Ok(message)) => match text_of(message) {
-                          None => {}
-                          Some((text, wire)) => match ServerFrame::decode(&text) {
-                            Ok(ServerFrame::Message(m)) => {
+                        Some(Ok(message)) => match text_of(message).map(|(text, wire)| (ServerFrame::decode(&text), wire)) {
+                            None => {}
+                            Some((Ok(ServerFrame::Message(m)), wire)) => {
                                 totals.wire_bytes.fetch_add(wire as u64, Ordering::Relaxed);
                                 let sent_at = m.content.split(' ').next().unwrap_or_default();
                                 if let Ok(sent_at) = sent_at.parse::<u64>() {
@@ -366,9 +365,8 @@ async fn fanout(args: &Args, secs: u64) {
                                     if sink.send(Message::text(ack.to_string())).await.is_err() { break; }
                                 }
                             }
-                            Ok(ServerFrame::Error(_)) => { totals.errors.fetch_add(1, Ordering::Relaxed); }
-                            _ => {}
-                          },
+                            Some((Ok(ServerFrame::Error(_)), _)) => { totals.errors.fetch_add(1, Ordering::Relaxed); }
+                            Some(_) => {}
                         },
                         _ => { totals.errors.fetch_add(1, Ordering::Relaxed); break; }
                     }
