@@ -2,9 +2,13 @@
 //!
 //! Modes:
 //! - `fanout`: `--clients` connections spread over `--rooms` rooms; `--posters` of them post at a
-//!   total of `--rate` messages/s for `--secs`. Every received message's latency (post time is
-//!   carried in the content) goes into an HDR histogram; per-room seq continuity is checked on
-//!   every receiver, so a run also reports gaps and reorders.
+//!   total of `--rate` messages/s for `--warmup` + `--secs`. Only the last `--secs` are counted:
+//!   posts sent in that window and their deliveries, wherever they arrive. Every counted
+//!   delivery's latency (post time is carried in the content) goes into an HDR histogram;
+//!   per-room seq continuity is checked on every receiver, so a run also reports gaps and
+//!   reorders. `--offline-members N` first gives every room N members who joined and went
+//!   offline (what a post costs must not grow with them). `--json` prints one JSON object, the
+//!   shape `bench/peers/loadclient.js` also prints, so `bench/compare.sh` can tabulate both.
 //! - `idle`: opens `--clients` connections that log in and stay silent, and reports the gateway's
 //!   resident memory per connection (`--pid`, read from /proc).
 //!
@@ -66,6 +70,21 @@ struct Args {
     /// reported per post when it closes.
     #[arg(long)]
     redis_port: Option<u16>,
+    /// Seconds of traffic before the measured window opens (fanout mode): caches, pools and the
+    /// kernel's buffers settle, and nothing sent before the window is counted.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// Print one JSON object (counts, latency percentiles, CPU per delivery and per post, the
+    /// load generator's own CPU) instead of text lines.
+    #[arg(long)]
+    json: bool,
+    /// Before the run, log this many further users into every room and disconnect them, so each
+    /// room also has that many offline members (fanout mode).
+    #[arg(long, default_value_t = 0)]
+    offline_members: usize,
+    /// Seconds between progress lines on stderr (fanout mode); 0 = none.
+    #[arg(long, default_value_t = 5)]
+    progress: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -74,9 +93,13 @@ enum Mode {
     Idle,
 }
 
+/// Counters of the measured window (errors: over the whole run).
 #[derive(Default)]
 struct Totals {
     sent: AtomicU64,
+    /// Deliveries the window's posts should make: each post counts its room's size (the poster
+    /// gets its own post too).
+    expected: AtomicU64,
     received: AtomicU64,
     gaps: AtomicU64,
     errors: AtomicU64,
@@ -125,14 +148,22 @@ async fn main() {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect_and_login(args: &Args, i: usize) -> Result<(Socket, String), String> {
-    // Client i is member i / rooms of room i % rooms: alternate nodes within each room.
-    let url = &args.url[(i / args.rooms.max(1)) % args.url.len()];
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+/// The URL, room and size of client `i`'s room. Client i is member i / rooms of room i % rooms,
+/// and successive members of a room go to successive URLs, so a room spans the nodes.
+fn placement(args: &Args, i: usize) -> (&str, String, u64) {
+    let rooms = args.rooms.max(1);
+    let url = &args.url[(i / rooms) % args.url.len()];
+    let room = format!("{}-{}", args.room_prefix, i % rooms);
+    let size = args.clients / rooms + usize::from(i % rooms < args.clients % rooms);
+    (url.as_str(), room, size as u64)
+}
+
+async fn connect_and_login(url: &str, room: &str, user: &str) -> Result<Socket, String> {
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .map_err(|e| format!("connect {url}: {e}"))?;
-    let room = format!("{}-{}", args.room_prefix, i % args.rooms.max(1));
-    let login = json!({"event":"login","roomId":room,"userId":format!("u{i}"),"userName":format!("user {i}")});
+    let login =
+        json!({"event":"login","roomId":room,"userId":user,"userName":format!("user {user}")});
     ws.send(Message::text(login.to_string()))
         .await
         .map_err(|e| e.to_string())?;
@@ -145,7 +176,7 @@ async fn connect_and_login(args: &Args, i: usize) -> Result<(Socket, String), St
         match next {
             Some(Ok(Message::Text(t))) => {
                 if let Ok(ServerFrame::Joined(_)) = ServerFrame::decode(t.as_str()) {
-                    return Ok((ws, room));
+                    return Ok(ws);
                 }
                 if let Ok(ServerFrame::Error(e)) = ServerFrame::decode(t.as_str()) {
                     return Err(format!("login refused: {} {}", e.code, e.message));
@@ -158,13 +189,20 @@ async fn connect_and_login(args: &Args, i: usize) -> Result<(Socket, String), St
     }
 }
 
-async fn open_all(args: &Args) -> Vec<(Socket, String)> {
+/// A client of the run: its socket, room id and room size.
+type Client = (Socket, String, u64);
+
+async fn open_all(args: &Args) -> Vec<Client> {
     let mut sockets = Vec::with_capacity(args.clients);
     // Open in small concurrent batches: fast, without a SYN flood on the listener.
     for start in (0..args.clients).step_by(100) {
         let end = (start + 100).min(args.clients);
-        let batch =
-            futures_util::future::join_all((start..end).map(|i| connect_and_login(args, i))).await;
+        let batch = futures_util::future::join_all((start..end).map(|i| async move {
+            let (url, room, size) = placement(args, i);
+            let ws = connect_and_login(url, &room, &format!("u{i}")).await?;
+            Ok::<_, String>((ws, room, size))
+        }))
+        .await;
         for result in batch {
             match result {
                 Ok(s) => sockets.push(s),
@@ -178,15 +216,65 @@ async fn open_all(args: &Args) -> Vec<(Socket, String)> {
     sockets
 }
 
+/// Gives every room `--offline-members` members who are offline: each logs in once (joining
+/// for good) and disconnects. Their user ids (`off<j>`) never collide with the run's (`u<i>`).
+async fn add_offline_members(args: &Args) {
+    let rooms = args.rooms.max(1);
+    let total = args.offline_members * rooms;
+    let started = Instant::now();
+    for start in (0..total).step_by(100) {
+        let end = (start + 100).min(total);
+        let batch = futures_util::future::join_all((start..end).map(|j| async move {
+            let url = &args.url[j % args.url.len()];
+            let room = format!("{}-{}", args.room_prefix, j % rooms);
+            let mut ws = connect_and_login(url, &room, &format!("off{j}")).await?;
+            let _ = ws.close(None).await;
+            Ok::<_, String>(())
+        }))
+        .await;
+        if let Some(Err(e)) = batch.into_iter().find(Result::is_err) {
+            eprintln!("chat-loadgen: offline member: {e}");
+            std::process::exit(1);
+        }
+    }
+    // Closes are processed after the socket goes; let the gateways finish the "offline" work
+    // so it does not land in the measured window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!(
+        "{total} offline members added to {rooms} rooms in {:.1?}",
+        started.elapsed()
+    );
+}
+
+/// CPU times (clock ticks) of the processes a run reports on, taken at one instant.
+#[derive(Clone, Copy)]
+struct CpuSnapshot {
+    servers: Option<u64>,
+    redis: Option<u64>,
+    own: Option<u64>,
+    at: Instant,
+}
+
+fn cpu_snapshot(pids: &[u32], redis_pid: Option<u32>) -> CpuSnapshot {
+    CpuSnapshot {
+        servers: pids.iter().map(|p| cpu_ticks(&p.to_string())).sum(),
+        redis: redis_pid.and_then(|p| cpu_ticks(&p.to_string())),
+        own: cpu_ticks("self"),
+        at: Instant::now(),
+    }
+}
+
+/// Milliseconds of CPU between two tick readings (USER_HZ is 100 on Linux).
+fn cpu_ms(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    Some(after?.saturating_sub(before?) * 10)
+}
+
 async fn fanout(args: &Args, secs: u64) {
+    if args.offline_members > 0 {
+        add_offline_members(args).await;
+    }
     let started = Instant::now();
     let sockets = open_all(args).await;
-    // The window is steady traffic only: joins before it, disconnects after it are not counted.
-    let cpu_before: Option<u64> = args.pid.iter().map(|p| cpu_ticks(*p)).sum();
-    let redis_before = args.redis_pid.and_then(cpu_ticks);
-    if let Some(port) = args.redis_port {
-        let _ = redis_inline(port, "CONFIG RESETSTAT").await;
-    }
     eprintln!(
         "{} clients joined {} rooms in {:.1?}",
         sockets.len(),
@@ -197,29 +285,70 @@ async fn fanout(args: &Args, secs: u64) {
     let histogram = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
     ));
-    let stop_at = Instant::now() + Duration::from_secs(secs);
+    // Traffic starts now; the window opens after the warm-up and is steady traffic only (joins
+    // before it and disconnects after it are not counted). A delivery counts when its post was
+    // sent inside the window, judged by the post time it carries.
+    let warmup = Duration::from_secs(args.warmup.min(600));
+    let window_start = Instant::now() + warmup;
+    let window_start_micros = now_micros() + warmup.as_micros() as u64;
+    let stop_at = window_start + Duration::from_secs(secs);
     let drain_until = stop_at + Duration::from_secs(3);
-    // Snapshot the processes just before the clients start closing.
-    let snapshot = {
+    let opened = {
+        let pids = args.pid.clone();
+        let (redis_pid, redis_port) = (args.redis_pid, args.redis_port);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(window_start.into()).await;
+            if let Some(port) = redis_port {
+                let _ = redis_inline(port, "CONFIG RESETSTAT").await;
+            }
+            cpu_snapshot(&pids, redis_pid)
+        })
+    };
+    // Closed just before the clients start closing: the window's posts have been delivered.
+    let closed = {
         let pids = args.pid.clone();
         let (redis_pid, redis_port) = (args.redis_pid, args.redis_port);
         tokio::spawn(async move {
             tokio::time::sleep_until((drain_until - Duration::from_millis(200)).into()).await;
-            let gateways: Option<u64> = pids.iter().map(|p| cpu_ticks(*p)).sum();
-            let redis = redis_pid.and_then(cpu_ticks);
+            let snapshot = cpu_snapshot(&pids, redis_pid);
             let stats = match redis_port {
                 Some(port) => redis_inline(port, "INFO commandstats").await.ok(),
                 None => None,
             };
-            (gateways, redis, stats)
+            (snapshot, stats)
         })
     };
+    // Long runs say how they are going, so a stalled target or generator shows before the end.
+    let progress = (args.progress > 0).then(|| {
+        let totals = totals.clone();
+        let every = Duration::from_secs(args.progress);
+        tokio::spawn(async move {
+            let begun = Instant::now();
+            let mut tick = tokio::time::interval_at((begun + every).into(), every);
+            loop {
+                tick.tick().await;
+                let phase = if Instant::now() < window_start {
+                    "warm-up"
+                } else if Instant::now() < stop_at {
+                    "window"
+                } else {
+                    "drain"
+                };
+                eprintln!(
+                    "[{:5.1}s {phase}] sent={} received={}",
+                    begun.elapsed().as_secs_f64(),
+                    totals.sent.load(Ordering::Relaxed),
+                    totals.received.load(Ordering::Relaxed)
+                );
+            }
+        })
+    });
     let posters = args.posters.min(sockets.len()).max(1);
     let ack_every = args.ack_every;
     let per_poster_interval = Duration::from_secs_f64(posters as f64 / args.rate.max(1) as f64);
 
     let mut tasks = Vec::new();
-    for (i, (ws, room)) in sockets.into_iter().enumerate() {
+    for (i, (ws, room, room_size)) in sockets.into_iter().enumerate() {
         let totals = totals.clone();
         let histogram = histogram.clone();
         let posts = i < posters;
@@ -234,21 +363,29 @@ async fn fanout(args: &Args, secs: u64) {
                 tokio::select! {
                     _ = tick.tick(), if posts && Instant::now() < stop_at => {
                         let frame = json!({"event":"message","roomId":room,"content":now_micros().to_string()});
+                        let counted = Instant::now() >= window_start;
                         if sink.send(Message::text(frame.to_string())).await.is_err() { break; }
-                        totals.sent.fetch_add(1, Ordering::Relaxed);
+                        if counted {
+                            totals.sent.fetch_add(1, Ordering::Relaxed);
+                            totals.expected.fetch_add(room_size, Ordering::Relaxed);
+                        }
                     }
                     _ = tokio::time::sleep_until(drain_until.into()) => break,
                     msg = stream.next() => match msg {
                         Some(Ok(Message::Text(t))) => match ServerFrame::decode(t.as_str()) {
                             Ok(ServerFrame::Message(m)) => {
-                                if let Ok(sent_at) = m.content.parse::<u64>() {
+                                let sent_at = m.content.parse::<u64>().ok();
+                                let counted = sent_at.is_some_and(|t| t >= window_start_micros);
+                                if let (Some(sent_at), true) = (sent_at, counted) {
                                     let _ = local.record(now_micros().saturating_sub(sent_at).max(1));
                                 }
                                 let room = m.room_id.map(|r| r.to_string()).unwrap_or_default();
+                                // Continuity is tracked through the warm-up too, so the window's
+                                // first message is checked against the one before it.
                                 let last = last_seq.entry(room.clone()).or_insert(m.seq.saturating_sub(1));
-                                if m.seq != *last + 1 { totals.gaps.fetch_add(1, Ordering::Relaxed); }
+                                if m.seq != *last + 1 && counted { totals.gaps.fetch_add(1, Ordering::Relaxed); }
                                 *last = m.seq;
-                                totals.received.fetch_add(1, Ordering::Relaxed);
+                                if counted { totals.received.fetch_add(1, Ordering::Relaxed); }
                                 unacked += 1;
                                 if ack_every > 0 && unacked >= ack_every {
                                     unacked = 0;
@@ -271,43 +408,161 @@ async fn fanout(args: &Args, secs: u64) {
     for task in tasks {
         let _ = task.await;
     }
-    let (cpu_after, redis_after, redis_stats) = snapshot.await.unwrap_or((None, None, None));
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    let opened = opened.await.expect("window-open snapshot");
+    let (closed, redis_stats) = closed.await.expect("window-close snapshot");
     let h = histogram.lock().await;
-    let sent = totals.sent.load(Ordering::Relaxed);
-    let received = totals.received.load(Ordering::Relaxed);
-    let per_room = args.clients as f64 / args.rooms.max(1) as f64;
-    println!(
-        "mode=fanout clients={} rooms={} posters={} rate={}/s secs={} ack_every={}",
-        args.clients, args.rooms, posters, args.rate, secs, args.ack_every
-    );
-    println!(
-        "sent={sent} received={received} expected~={:.0} gaps={} errors={}",
-        sent as f64 * per_room,
-        totals.gaps.load(Ordering::Relaxed),
-        totals.errors.load(Ordering::Relaxed)
-    );
-    println!("deliveries/s={:.0}", received as f64 / secs as f64);
-    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
-        // /proc reports clock ticks; USER_HZ is 100 on Linux.
-        let cpu_ms = after.saturating_sub(before) * 10;
+    let report = Report {
+        sent: totals.sent.load(Ordering::Relaxed),
+        expected: totals.expected.load(Ordering::Relaxed),
+        received: totals.received.load(Ordering::Relaxed),
+        gaps: totals.gaps.load(Ordering::Relaxed),
+        errors: totals.errors.load(Ordering::Relaxed),
+        window_secs: (closed.at - opened.at).as_secs_f64(),
+        server_cpu_ms: cpu_ms(opened.servers, closed.servers),
+        redis_cpu_ms: cpu_ms(opened.redis, closed.redis),
+        own_cpu_ms: cpu_ms(opened.own, closed.own),
+        redis_commands: redis_stats.as_deref().map(commandstats).unwrap_or_default(),
+        latency_ms: [0.50, 0.90, 0.99, 0.999].map(|q| h.value_at_quantile(q) as f64 / 1000.0),
+        max_ms: h.max() as f64 / 1000.0,
+    };
+    if args.json {
+        println!("{}", report.json(args, posters, secs));
+    } else {
+        report.print(args, posters, secs);
+    }
+}
+
+/// What a fan-out run measured over its window.
+struct Report {
+    sent: u64,
+    expected: u64,
+    received: u64,
+    gaps: u64,
+    errors: u64,
+    /// From the window's opening snapshot to its closing one (counted seconds plus the drain).
+    window_secs: f64,
+    server_cpu_ms: Option<u64>,
+    redis_cpu_ms: Option<u64>,
+    own_cpu_ms: Option<u64>,
+    /// (command, calls, usec_per_call) from `INFO commandstats`.
+    redis_commands: Vec<(String, f64, f64)>,
+    /// p50, p90, p99, p99.9.
+    latency_ms: [f64; 4],
+    max_ms: f64,
+}
+
+impl Report {
+    fn per_delivery_us(&self, cpu_ms: Option<u64>) -> Option<f64> {
+        cpu_ms.map(|ms| ms as f64 * 1000.0 / self.received.max(1) as f64)
+    }
+
+    fn per_post_us(&self, cpu_ms: Option<u64>) -> Option<f64> {
+        cpu_ms.map(|ms| ms as f64 * 1000.0 / self.sent.max(1) as f64)
+    }
+
+    /// The shape `bench/peers/loadclient.js` prints too; `bench/compare.sh` reads both.
+    fn json(&self, args: &Args, posters: usize, secs: u64) -> serde_json::Value {
+        let [p50, p90, p99, p999] = self.latency_ms;
+        let commands: serde_json::Map<String, serde_json::Value> = self
+            .redis_commands
+            .iter()
+            .map(|(name, calls, usec)| {
+                let per_post = calls / self.sent.max(1) as f64;
+                (
+                    name.clone(),
+                    json!({"per_post": per_post, "usec_per_call": usec}),
+                )
+            })
+            .collect();
+        json!({
+            "tool": "chat-loadgen",
+            "protocol": "chat-v1",
+            "urls": args.url,
+            "clients": args.clients,
+            "rooms": args.rooms,
+            "posters": posters,
+            "rate": args.rate,
+            "secs": secs,
+            "warmup": args.warmup,
+            "ack_every": args.ack_every,
+            "offline_members": args.offline_members,
+            "sent": self.sent,
+            "expected": self.expected,
+            "received": self.received,
+            "lost": self.expected.saturating_sub(self.received),
+            "gaps": self.gaps,
+            "errors": self.errors,
+            "deliveries_per_sec": self.received as f64 / secs.max(1) as f64,
+            "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "p999": p999, "max": self.max_ms},
+            "window_secs": self.window_secs,
+            "server_cpu_ms": self.server_cpu_ms,
+            "server_cpu_us_per_delivery": self.per_delivery_us(self.server_cpu_ms),
+            "redis_cpu_ms": self.redis_cpu_ms,
+            "redis_cpu_us_per_post": self.per_post_us(self.redis_cpu_ms),
+            "redis_commands": commands,
+            "loadgen_cpu_ms": self.own_cpu_ms,
+            "loadgen_cpu_pct": self.own_cpu_ms.map(|ms| ms as f64 / 10.0 / self.window_secs.max(0.001)),
+        })
+    }
+
+    fn print(&self, args: &Args, posters: usize, secs: u64) {
         println!(
-            "gateway_cpu_ms={cpu_ms} cpu_us_per_delivery={:.2}",
-            cpu_ms as f64 * 1000.0 / received.max(1) as f64
+            "mode=fanout clients={} rooms={} posters={} rate={}/s secs={} warmup={} ack_every={} offline_members={}",
+            args.clients,
+            args.rooms,
+            posters,
+            args.rate,
+            secs,
+            args.warmup,
+            args.ack_every,
+            args.offline_members
+        );
+        println!(
+            "sent={} received={} expected={} gaps={} errors={}",
+            self.sent, self.received, self.expected, self.gaps, self.errors
+        );
+        println!(
+            "deliveries/s={:.0}",
+            self.received as f64 / secs.max(1) as f64
+        );
+        if let (Some(ms), Some(us)) = (self.server_cpu_ms, self.per_delivery_us(self.server_cpu_ms))
+        {
+            println!("gateway_cpu_ms={ms} cpu_us_per_delivery={us:.2}");
+        }
+        if let (Some(ms), Some(us)) = (self.redis_cpu_ms, self.per_post_us(self.redis_cpu_ms)) {
+            println!("redis_cpu_ms={ms} redis_cpu_us_per_post={us:.1}");
+        }
+        for (name, calls, usec) in &self.redis_commands {
+            println!(
+                "  redis {name:<20} per_post={:6.2} usec_per_call={usec:6.2}",
+                calls / self.sent.max(1) as f64
+            );
+        }
+        if let Some(ms) = self.own_cpu_ms {
+            println!(
+                "loadgen_cpu_ms={ms} loadgen_cpu_pct={:.0}",
+                ms as f64 / 10.0 / self.window_secs.max(0.001)
+            );
+        }
+        let [p50, p90, p99, p999] = self.latency_ms;
+        println!(
+            "latency_ms p50={p50:.2} p90={p90:.2} p99={p99:.2} p99.9={p999:.2} max={:.2}",
+            self.max_ms
         );
     }
-    if let (Some(before), Some(after)) = (redis_before, redis_after) {
-        let cpu_ms = after.saturating_sub(before) * 10;
-        println!(
-            "redis_cpu_ms={cpu_ms} redis_cpu_us_per_post={:.1}",
-            cpu_ms as f64 * 1000.0 / sent.max(1) as f64
-        );
-    }
-    if let Some(stats) = redis_stats {
-        // `cmdstat_NAME:calls=N,usec=U,usec_per_call=X,...`
-        for line in stats.lines().filter_map(|l| l.strip_prefix("cmdstat_")) {
-            let Some((name, fields)) = line.split_once(':') else {
-                continue;
-            };
+}
+
+/// Parses `INFO commandstats` (`cmdstat_NAME:calls=N,usec=U,usec_per_call=X,...`) into
+/// (name, calls, usec_per_call).
+fn commandstats(stats: &str) -> Vec<(String, f64, f64)> {
+    stats
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|line| {
+            let (name, fields) = line.split_once(':')?;
             let field = |key: &str| {
                 fields
                     .split(',')
@@ -315,21 +570,9 @@ async fn fanout(args: &Args, secs: u64) {
                     .and_then(|v| v.trim().parse::<f64>().ok())
                     .unwrap_or(0.0)
             };
-            println!(
-                "  redis {name:<20} per_post={:6.2} usec_per_call={:6.2}",
-                field("calls=") / sent.max(1) as f64,
-                field("usec_per_call=")
-            );
-        }
-    }
-    println!(
-        "latency_ms p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2}",
-        h.value_at_quantile(0.50) as f64 / 1000.0,
-        h.value_at_quantile(0.90) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-        h.value_at_quantile(0.999) as f64 / 1000.0,
-        h.max() as f64 / 1000.0
-    );
+            Some((name.to_owned(), field("calls="), field("usec_per_call=")))
+        })
+        .collect()
 }
 
 /// Sends one inline command to a local Redis and returns its reply text (a status line or a bulk
@@ -361,8 +604,8 @@ async fn redis_inline(port: u16, command: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+/// utime + stime of a process (`pid` is a number or `self`), in clock ticks.
+fn cpu_ticks(pid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; fields after its closing parenthesis are plain.
     let rest = stat.rsplit_once(')')?.1;
