@@ -289,7 +289,8 @@ async fn fanout(args: &Args, secs: u64) {
     // before it and disconnects after it are not counted). A delivery counts when its post was
     // sent inside the window, judged by the post time it carries.
     let warmup = Duration::from_secs(args.warmup.min(600));
-    let window_start = Instant::now() + warmup;
+    let traffic_start = Instant::now();
+    let window_start = traffic_start + warmup;
     let window_start_micros = now_micros() + warmup.as_micros() as u64;
     let stop_at = window_start + Duration::from_secs(secs);
     let drain_until = stop_at + Duration::from_secs(3);
@@ -357,7 +358,11 @@ async fn fanout(args: &Args, secs: u64) {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut last_seq: HashMap<String, u64> = HashMap::new();
             let mut unacked = 0u64;
-            let mut tick = tokio::time::interval(per_poster_interval);
+            // Posters start staggered over one interval, so the total rate is spread evenly in
+            // time. Started together, every poster fired at the same instant: bursts of
+            // `--posters` posts once per interval, whose queueing then showed up as latency.
+            let offset = per_poster_interval.mul_f64(i as f64 / posters as f64);
+            let mut tick = tokio::time::interval_at((traffic_start + offset).into(), per_poster_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tokio::select! {
