@@ -367,6 +367,9 @@ async fn fanout(args: &Args, secs: u64) {
             loop {
                 tokio::select! {
                     _ = tick.tick(), if posts && Instant::now() < stop_at => {
+                        // The guard above was checked when this select began, which may have
+                        // been before the window closed: check again now that the tick fired.
+                        if Instant::now() >= stop_at { continue; }
                         // Counted by the post time it carries, exactly as its deliveries are.
                         let at = now_micros();
                         let frame = json!({"event":"message","roomId":room,"content":at.to_string()});
