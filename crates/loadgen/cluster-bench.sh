@@ -10,6 +10,9 @@
 #   IDLE=1 ROOMS=1000 PER_ROOM=6 crates/loadgen/cluster-bench.sh   # connected, silent: upkeep cost only
 #   GATEWAY_BIN=/path/to/older/chat-gateway crates/loadgen/cluster-bench.sh   # compare builds
 #   EMBEDDED=1 crates/loadgen/cluster-bench.sh       # the same load on one gateway, no Redis
+#   ROOMS=1 PER_ROOM=5 RATE=200 OFFLINE=9995 crates/loadgen/cluster-bench.sh   # a room of 10k
+#       members, 5 online: Redis commands and CPU per post must not grow with the offline ones
+#   WARMUP=3 JSON=1 crates/loadgen/cluster-bench.sh  # 3 s uncounted first; one JSON object out
 #
 # Loopback only; every run is bounded by SECS and the client count.
 set -euo pipefail
@@ -32,6 +35,9 @@ SECS=${SECS:-20}
 ACK_EVERY=${ACK_EVERY:-0}
 IDLE=${IDLE:-0}
 EMBEDDED=${EMBEDDED:-0}
+WARMUP=${WARMUP:-0}
+OFFLINE=${OFFLINE:-0}
+JSON=${JSON:-0}
 clients=$((ROOMS * PER_ROOM))
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -56,7 +62,7 @@ for i in $(seq "$nodes"); do
   wait_ready "$p"
   urls+=("ws://127.0.0.1:$p/ws")
 done
-echo "# $(date -u +%FT%TZ) $(nproc) cores; rooms=$ROOMS per_room=$PER_ROOM rate=$RATE/s secs=$SECS ack_every=$ACK_EVERY idle=$IDLE"
+echo "# $(date -u +%FT%TZ) $(nproc) cores; rooms=$ROOMS per_room=$PER_ROOM rate=$RATE/s secs=$SECS warmup=$WARMUP ack_every=$ACK_EVERY offline=$OFFLINE idle=$IDLE" >&2
 if [ "$IDLE" = 1 ]; then
   # Connected and silent: what does upkeep cost Redis and the gateways per second? The clients
   # stay connected through the whole measured window.
@@ -77,4 +83,5 @@ if [ "$IDLE" = 1 ]; then
 fi
 "$lg" --mode fanout --url "$(IFS=,; echo "${urls[*]}")" --clients "$clients" --rooms "$ROOMS" \
   --posters "$ROOMS" --rate "$RATE" --secs "$SECS" --ack-every "$ACK_EVERY" --room-prefix many \
+  --warmup "$WARMUP" --offline-members "$OFFLINE" $([ "$JSON" = 1 ] && echo --json) \
   "${gw_args[@]}" --redis-pid "$redis_pid" --redis-port "$rp"

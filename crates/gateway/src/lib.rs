@@ -26,8 +26,8 @@
 pub mod auth;
 pub mod config;
 pub mod cursors;
-pub mod delivery;
 pub mod deflate;
+pub mod delivery;
 pub mod drain;
 pub mod http;
 pub mod hub;

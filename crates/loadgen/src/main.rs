@@ -2,9 +2,13 @@
 //!
 //! Modes:
 //! - `fanout`: `--clients` connections spread over `--rooms` rooms; `--posters` of them post at a
-//!   total of `--rate` messages/s for `--secs`. Every received message's latency (post time is
-//!   carried in the content) goes into an HDR histogram; per-room seq continuity is checked on
-//!   every receiver, so a run also reports gaps and reorders.
+//!   total of `--rate` messages/s for `--warmup` + `--secs`. Only the last `--secs` are counted:
+//!   posts sent in that window and their deliveries, wherever they arrive. Every counted
+//!   delivery's latency (post time is carried in the content) goes into an HDR histogram;
+//!   per-room seq continuity is checked on every receiver, so a run also reports gaps and
+//!   reorders. `--offline-members N` first gives every room N members who joined and went
+//!   offline (what a post costs must not grow with them). `--json` prints one JSON object, the
+//!   shape `bench/peers/loadclient.js` also prints, so `bench/compare.sh` can tabulate both.
 //! - `idle`: opens `--clients` connections that log in and stay silent, and reports the gateway's
 //!   resident memory per connection (`--pid`, read from /proc).
 //!
@@ -81,6 +85,21 @@ struct Args {
     /// only). 0: one per 20,000 connections.
     #[arg(long, default_value_t = 0)]
     sources: usize,
+    /// Seconds of traffic before the measured window opens (fanout mode): caches, pools and the
+    /// kernel's buffers settle, and nothing sent before the window is counted.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// Print one JSON object (counts, latency percentiles, CPU per delivery and per post, the
+    /// load generator's own CPU) instead of text lines.
+    #[arg(long)]
+    json: bool,
+    /// Before the run, log this many further users into every room and disconnect them, so each
+    /// room also has that many offline members (fanout mode).
+    #[arg(long, default_value_t = 0)]
+    offline_members: usize,
+    /// Seconds between progress lines on stderr (fanout mode); 0 = none.
+    #[arg(long, default_value_t = 5)]
+    progress: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -89,9 +108,13 @@ enum Mode {
     Idle,
 }
 
+/// Counters of the measured window (errors: over the whole run).
 #[derive(Default)]
 struct Totals {
     sent: AtomicU64,
+    /// Deliveries the window's posts should make: each post counts its room's size (the poster
+    /// gets its own post too).
+    expected: AtomicU64,
     received: AtomicU64,
     /// Bytes of message frames received, headers included (compressed size when compressed).
     wire_bytes: AtomicU64,
@@ -219,12 +242,26 @@ async fn connect(args: &Args, i: usize, url: &str) -> Result<Socket, String> {
     Ok(ws)
 }
 
-async fn connect_and_login(args: &Args, i: usize) -> Result<(Socket, String), String> {
-    // Client i is member i / rooms of room i % rooms: alternate nodes within each room.
-    let url = &args.url[(i / args.rooms.max(1)) % args.url.len()];
+/// The URL, room and size of client `i`'s room. Client i is member i / rooms of room i % rooms,
+/// and successive members of a room go to successive URLs, so a room spans the nodes.
+fn placement(args: &Args, i: usize) -> (&str, String, u64) {
+    let rooms = args.rooms.max(1);
+    let url = &args.url[(i / rooms) % args.url.len()];
+    let room = format!("{}-{}", args.room_prefix, i % rooms);
+    let size = args.clients / rooms + usize::from(i % rooms < args.clients % rooms);
+    (url.as_str(), room, size as u64)
+}
+
+async fn connect_and_login(
+    args: &Args,
+    i: usize,
+    url: &str,
+    room: &str,
+    user: &str,
+) -> Result<Socket, String> {
     let mut ws = connect(args, i, url).await?;
-    let room = format!("{}-{}", args.room_prefix, i % args.rooms.max(1));
-    let login = json!({"event":"login","roomId":room,"userId":format!("u{i}"),"userName":format!("user {i}")});
+    let login =
+        json!({"event":"login","roomId":room,"userId":user,"userName":format!("user {user}")});
     ws.send(Message::text(login.to_string()))
         .await
         .map_err(|e| e.to_string())?;
@@ -240,7 +277,7 @@ async fn connect_and_login(args: &Args, i: usize) -> Result<(Socket, String), St
                     continue;
                 };
                 if let Ok(ServerFrame::Joined(_)) = ServerFrame::decode(&text) {
-                    return Ok((ws, room));
+                    return Ok(ws);
                 }
                 if let Ok(ServerFrame::Error(e)) = ServerFrame::decode(&text) {
                     return Err(format!("login refused: {} {}", e.code, e.message));
@@ -252,13 +289,20 @@ async fn connect_and_login(args: &Args, i: usize) -> Result<(Socket, String), St
     }
 }
 
-async fn open_all(args: &Args) -> Vec<(Socket, String)> {
+/// A client of the run: its socket, room id and room size.
+type Client = (Socket, String, u64);
+
+async fn open_all(args: &Args) -> Vec<Client> {
     let mut sockets = Vec::with_capacity(args.clients);
     // Open in small concurrent batches: fast, without a SYN flood on the listener.
     for start in (0..args.clients).step_by(100) {
         let end = (start + 100).min(args.clients);
-        let batch =
-            futures_util::future::join_all((start..end).map(|i| connect_and_login(args, i))).await;
+        let batch = futures_util::future::join_all((start..end).map(|i| async move {
+            let (url, room, size) = placement(args, i);
+            let ws = connect_and_login(args, i, url, &room, &format!("u{i}")).await?;
+            Ok::<_, String>((ws, room, size))
+        }))
+        .await;
         for result in batch {
             match result {
                 Ok(s) => sockets.push(s),
@@ -272,15 +316,65 @@ async fn open_all(args: &Args) -> Vec<(Socket, String)> {
     sockets
 }
 
+/// Gives every room `--offline-members` members who are offline: each logs in once (joining
+/// for good) and disconnects. Their user ids (`off<j>`) never collide with the run's (`u<i>`).
+async fn add_offline_members(args: &Args) {
+    let rooms = args.rooms.max(1);
+    let total = args.offline_members * rooms;
+    let started = Instant::now();
+    for start in (0..total).step_by(100) {
+        let end = (start + 100).min(total);
+        let batch = futures_util::future::join_all((start..end).map(|j| async move {
+            let url = &args.url[j % args.url.len()];
+            let room = format!("{}-{}", args.room_prefix, j % rooms);
+            let mut ws = connect_and_login(args, j, url, &room, &format!("off{j}")).await?;
+            let _ = ws.close(None).await;
+            Ok::<_, String>(())
+        }))
+        .await;
+        if let Some(Err(e)) = batch.into_iter().find(Result::is_err) {
+            eprintln!("chat-loadgen: offline member: {e}");
+            std::process::exit(1);
+        }
+    }
+    // Closes are processed after the socket goes; let the gateways finish the "offline" work
+    // so it does not land in the measured window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!(
+        "{total} offline members added to {rooms} rooms in {:.1?}",
+        started.elapsed()
+    );
+}
+
+/// CPU times (clock ticks) of the processes a run reports on, taken at one instant.
+#[derive(Clone, Copy)]
+struct CpuSnapshot {
+    servers: Option<u64>,
+    redis: Option<u64>,
+    own: Option<u64>,
+    at: Instant,
+}
+
+fn cpu_snapshot(pids: &[u32], redis_pid: Option<u32>) -> CpuSnapshot {
+    CpuSnapshot {
+        servers: pids.iter().map(|p| cpu_ticks(&p.to_string())).sum(),
+        redis: redis_pid.and_then(|p| cpu_ticks(&p.to_string())),
+        own: cpu_ticks("self"),
+        at: Instant::now(),
+    }
+}
+
+/// Milliseconds of CPU between two tick readings (USER_HZ is 100 on Linux).
+fn cpu_ms(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    Some(after?.saturating_sub(before?) * 10)
+}
+
 async fn fanout(args: &Args, secs: u64) {
+    if args.offline_members > 0 {
+        add_offline_members(args).await;
+    }
     let started = Instant::now();
     let sockets = open_all(args).await;
-    // The window is steady traffic only: joins before it, disconnects after it are not counted.
-    let cpu_before: Option<u64> = args.pid.iter().map(|p| cpu_ticks(*p)).sum();
-    let redis_before = args.redis_pid.and_then(cpu_ticks);
-    if let Some(port) = args.redis_port {
-        let _ = redis_inline(port, "CONFIG RESETSTAT").await;
-    }
     eprintln!(
         "{} clients joined {} rooms in {:.1?}",
         sockets.len(),
@@ -291,23 +385,65 @@ async fn fanout(args: &Args, secs: u64) {
     let histogram = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
     ));
-    let stop_at = Instant::now() + Duration::from_secs(secs);
+    // Traffic starts now; the window opens after the warm-up and is steady traffic only (joins
+    // before it and disconnects after it are not counted). A delivery counts when its post was
+    // sent inside the window, judged by the post time it carries.
+    let warmup = Duration::from_secs(args.warmup.min(600));
+    let traffic_start = Instant::now();
+    let window_start = traffic_start + warmup;
+    let window_start_micros = now_micros() + warmup.as_micros() as u64;
+    let stop_at = window_start + Duration::from_secs(secs);
     let drain_until = stop_at + Duration::from_secs(3);
-    // Snapshot the processes just before the clients start closing.
-    let snapshot = {
+    let opened = {
+        let pids = args.pid.clone();
+        let (redis_pid, redis_port) = (args.redis_pid, args.redis_port);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(window_start.into()).await;
+            if let Some(port) = redis_port {
+                let _ = redis_inline(port, "CONFIG RESETSTAT").await;
+            }
+            cpu_snapshot(&pids, redis_pid)
+        })
+    };
+    // Closed just before the clients start closing: the window's posts have been delivered.
+    let closed = {
         let pids = args.pid.clone();
         let (redis_pid, redis_port) = (args.redis_pid, args.redis_port);
         tokio::spawn(async move {
             tokio::time::sleep_until((drain_until - Duration::from_millis(200)).into()).await;
-            let gateways: Option<u64> = pids.iter().map(|p| cpu_ticks(*p)).sum();
-            let redis = redis_pid.and_then(cpu_ticks);
+            let snapshot = cpu_snapshot(&pids, redis_pid);
             let stats = match redis_port {
                 Some(port) => redis_inline(port, "INFO commandstats").await.ok(),
                 None => None,
             };
-            (gateways, redis, stats)
+            (snapshot, stats)
         })
     };
+    // Long runs say how they are going, so a stalled target or generator shows before the end.
+    let progress = (args.progress > 0).then(|| {
+        let totals = totals.clone();
+        let every = Duration::from_secs(args.progress);
+        tokio::spawn(async move {
+            let begun = Instant::now();
+            let mut tick = tokio::time::interval_at((begun + every).into(), every);
+            loop {
+                tick.tick().await;
+                let phase = if Instant::now() < window_start {
+                    "warm-up"
+                } else if Instant::now() < stop_at {
+                    "window"
+                } else {
+                    "drain"
+                };
+                eprintln!(
+                    "[{:5.1}s {phase}] sent={} received={}",
+                    begun.elapsed().as_secs_f64(),
+                    totals.sent.load(Ordering::Relaxed),
+                    totals.received.load(Ordering::Relaxed)
+                );
+            }
+        })
+    });
     let posters = args.posters.min(sockets.len()).max(1);
     let ack_every = args.ack_every;
     let per_poster_interval = Duration::from_secs_f64(posters as f64 / args.rate.max(1) as f64);
@@ -323,7 +459,7 @@ async fn fanout(args: &Args, secs: u64) {
     };
 
     let mut tasks = Vec::new();
-    for (i, (ws, room)) in sockets.into_iter().enumerate() {
+    for (i, (ws, room, room_size)) in sockets.into_iter().enumerate() {
         let totals = totals.clone();
         let histogram = histogram.clone();
         let posts = i < posters;
@@ -333,31 +469,47 @@ async fn fanout(args: &Args, secs: u64) {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut last_seq: HashMap<String, u64> = HashMap::new();
             let mut unacked = 0u64;
-            let mut tick = tokio::time::interval(per_poster_interval);
+            // Posters start staggered over one interval, so the total rate is spread evenly in
+            // time. Started together, every poster fired at the same instant: bursts of
+            // `--posters` posts once per interval, whose queueing then showed up as latency.
+            let offset = per_poster_interval.mul_f64(i as f64 / posters as f64);
+            let mut tick = tokio::time::interval_at((traffic_start + offset).into(), per_poster_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tokio::select! {
                     _ = tick.tick(), if posts && Instant::now() < stop_at => {
-                        let content = format!("{} {filler}", now_micros());
+                        // The guard above was checked when this select began, which may have
+                        // been before the window closed: check again now that the tick fired.
+                        if Instant::now() >= stop_at { continue; }
+                        // Counted by the post time it carries, exactly as its deliveries are.
+                        let at = now_micros();
+                        let content = format!("{at} {filler}");
                         let frame = json!({"event":"message","roomId":room,"content":content.trim_end()});
+                        let counted = at >= window_start_micros;
                         if sink.send(Message::text(frame.to_string())).await.is_err() { break; }
-                        totals.sent.fetch_add(1, Ordering::Relaxed);
+                        if counted {
+                            totals.sent.fetch_add(1, Ordering::Relaxed);
+                            totals.expected.fetch_add(room_size, Ordering::Relaxed);
+                        }
                     }
                     _ = tokio::time::sleep_until(drain_until.into()) => break,
                     msg = stream.next() => match msg {
                         Some(Ok(message)) => match text_of(message).map(|(text, wire)| (ServerFrame::decode(&text), wire)) {
                             None => {}
                             Some((Ok(ServerFrame::Message(m)), wire)) => {
-                                totals.wire_bytes.fetch_add(wire as u64, Ordering::Relaxed);
-                                let sent_at = m.content.split(' ').next().unwrap_or_default();
-                                if let Ok(sent_at) = sent_at.parse::<u64>() {
+                                let sent_at = m.content.split(' ').next().and_then(|t| t.parse::<u64>().ok());
+                                let counted = sent_at.is_some_and(|t| t >= window_start_micros);
+                                if counted { totals.wire_bytes.fetch_add(wire as u64, Ordering::Relaxed); }
+                                if let (Some(sent_at), true) = (sent_at, counted) {
                                     let _ = local.record(now_micros().saturating_sub(sent_at).max(1));
                                 }
                                 let room = m.room_id.map(|r| r.to_string()).unwrap_or_default();
+                                // Continuity is tracked through the warm-up too, so the window's
+                                // first message is checked against the one before it.
                                 let last = last_seq.entry(room.clone()).or_insert(m.seq.saturating_sub(1));
-                                if m.seq != *last + 1 { totals.gaps.fetch_add(1, Ordering::Relaxed); }
+                                if m.seq != *last + 1 && counted { totals.gaps.fetch_add(1, Ordering::Relaxed); }
                                 *last = m.seq;
-                                totals.received.fetch_add(1, Ordering::Relaxed);
+                                if counted { totals.received.fetch_add(1, Ordering::Relaxed); }
                                 unacked += 1;
                                 if ack_every > 0 && unacked >= ack_every {
                                     unacked = 0;
@@ -379,49 +531,175 @@ async fn fanout(args: &Args, secs: u64) {
     for task in tasks {
         let _ = task.await;
     }
-    let (cpu_after, redis_after, redis_stats) = snapshot.await.unwrap_or((None, None, None));
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    let opened = opened.await.expect("window-open snapshot");
+    let (closed, redis_stats) = closed.await.expect("window-close snapshot");
     let h = histogram.lock().await;
-    let sent = totals.sent.load(Ordering::Relaxed);
-    let received = totals.received.load(Ordering::Relaxed);
-    let per_room = args.clients as f64 / args.rooms.max(1) as f64;
-    println!(
-        "mode=fanout clients={} rooms={} posters={} rate={}/s secs={} ack_every={}",
-        args.clients, args.rooms, posters, args.rate, secs, args.ack_every
-    );
-    println!(
-        "sent={sent} received={received} expected~={:.0} gaps={} errors={}",
-        sent as f64 * per_room,
-        totals.gaps.load(Ordering::Relaxed),
-        totals.errors.load(Ordering::Relaxed)
-    );
-    println!("deliveries/s={:.0}", received as f64 / secs as f64);
-    println!(
-        "deflate={} content_bytes={} wire_bytes_per_delivery={:.1}",
-        args.deflate,
-        args.content_bytes,
-        totals.wire_bytes.load(Ordering::Relaxed) as f64 / received.max(1) as f64
-    );
-    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
-        // /proc reports clock ticks; USER_HZ is 100 on Linux.
-        let cpu_ms = after.saturating_sub(before) * 10;
+    let report = Report {
+        sent: totals.sent.load(Ordering::Relaxed),
+        expected: totals.expected.load(Ordering::Relaxed),
+        received: totals.received.load(Ordering::Relaxed),
+        wire_bytes: totals.wire_bytes.load(Ordering::Relaxed),
+        gaps: totals.gaps.load(Ordering::Relaxed),
+        errors: totals.errors.load(Ordering::Relaxed),
+        window_secs: (closed.at - opened.at).as_secs_f64(),
+        server_cpu_ms: cpu_ms(opened.servers, closed.servers),
+        redis_cpu_ms: cpu_ms(opened.redis, closed.redis),
+        own_cpu_ms: cpu_ms(opened.own, closed.own),
+        redis_commands: redis_stats.as_deref().map(commandstats).unwrap_or_default(),
+        latency_ms: [0.50, 0.90, 0.99, 0.999].map(|q| h.value_at_quantile(q) as f64 / 1000.0),
+        max_ms: h.max() as f64 / 1000.0,
+    };
+    if args.json {
+        println!("{}", report.json(args, posters, secs));
+    } else {
+        report.print(args, posters, secs);
+    }
+}
+
+/// What a fan-out run measured over its window.
+struct Report {
+    sent: u64,
+    expected: u64,
+    received: u64,
+    /// Bytes of the counted deliveries as they came off the wire (compressed or not).
+    wire_bytes: u64,
+    gaps: u64,
+    errors: u64,
+    /// From the window's opening snapshot to its closing one (counted seconds plus the drain).
+    /// CPU is measured over all of it, so the last posts' deliveries are paid for; the load
+    /// generator's CPU share is given per counted second, when nearly all of it is spent.
+    window_secs: f64,
+    server_cpu_ms: Option<u64>,
+    redis_cpu_ms: Option<u64>,
+    own_cpu_ms: Option<u64>,
+    /// (command, calls, usec_per_call) from `INFO commandstats`.
+    redis_commands: Vec<(String, f64, f64)>,
+    /// p50, p90, p99, p99.9.
+    latency_ms: [f64; 4],
+    max_ms: f64,
+}
+
+impl Report {
+    fn per_delivery_us(&self, cpu_ms: Option<u64>) -> Option<f64> {
+        cpu_ms.map(|ms| ms as f64 * 1000.0 / self.received.max(1) as f64)
+    }
+
+    fn per_post_us(&self, cpu_ms: Option<u64>) -> Option<f64> {
+        cpu_ms.map(|ms| ms as f64 * 1000.0 / self.sent.max(1) as f64)
+    }
+
+    /// The shape `bench/peers/loadclient.js` prints too; `bench/compare.sh` reads both.
+    fn json(&self, args: &Args, posters: usize, secs: u64) -> serde_json::Value {
+        let [p50, p90, p99, p999] = self.latency_ms;
+        let commands: serde_json::Map<String, serde_json::Value> = self
+            .redis_commands
+            .iter()
+            .map(|(name, calls, usec)| {
+                let per_post = calls / self.sent.max(1) as f64;
+                (
+                    name.clone(),
+                    json!({"per_post": per_post, "usec_per_call": usec}),
+                )
+            })
+            .collect();
+        json!({
+            "tool": "chat-loadgen",
+            "protocol": "chat-v1",
+            "urls": args.url,
+            "clients": args.clients,
+            "rooms": args.rooms,
+            "posters": posters,
+            "rate": args.rate,
+            "secs": secs,
+            "warmup": args.warmup,
+            "ack_every": args.ack_every,
+            "offline_members": args.offline_members,
+            "deflate": args.deflate,
+            "content_bytes": args.content_bytes,
+            "wire_bytes_per_delivery": self.wire_bytes as f64 / self.received.max(1) as f64,
+            "sent": self.sent,
+            "expected": self.expected,
+            "received": self.received,
+            "lost": self.expected.saturating_sub(self.received),
+            "gaps": self.gaps,
+            "errors": self.errors,
+            "deliveries_per_sec": self.received as f64 / secs.max(1) as f64,
+            "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "p999": p999, "max": self.max_ms},
+            "window_secs": self.window_secs,
+            "server_cpu_ms": self.server_cpu_ms,
+            "server_cpu_us_per_delivery": self.per_delivery_us(self.server_cpu_ms),
+            "redis_cpu_ms": self.redis_cpu_ms,
+            "redis_cpu_us_per_post": self.per_post_us(self.redis_cpu_ms),
+            "redis_commands": commands,
+            "loadgen_cpu_ms": self.own_cpu_ms,
+            "loadgen_cpu_pct": self.own_cpu_ms.map(|ms| ms as f64 / 10.0 / secs.max(1) as f64),
+        })
+    }
+
+    fn print(&self, args: &Args, posters: usize, secs: u64) {
         println!(
-            "gateway_cpu_ms={cpu_ms} cpu_us_per_delivery={:.2}",
-            cpu_ms as f64 * 1000.0 / received.max(1) as f64
+            "mode=fanout clients={} rooms={} posters={} rate={}/s secs={} warmup={} ack_every={} offline_members={}",
+            args.clients,
+            args.rooms,
+            posters,
+            args.rate,
+            secs,
+            args.warmup,
+            args.ack_every,
+            args.offline_members
+        );
+        println!(
+            "sent={} received={} expected={} gaps={} errors={}",
+            self.sent, self.received, self.expected, self.gaps, self.errors
+        );
+        println!(
+            "deliveries/s={:.0}",
+            self.received as f64 / secs.max(1) as f64
+        );
+        println!(
+            "deflate={} content_bytes={} wire_bytes_per_delivery={:.1}",
+            args.deflate,
+            args.content_bytes,
+            self.wire_bytes as f64 / self.received.max(1) as f64
+        );
+        if let (Some(ms), Some(us)) = (self.server_cpu_ms, self.per_delivery_us(self.server_cpu_ms))
+        {
+            println!("gateway_cpu_ms={ms} cpu_us_per_delivery={us:.2}");
+        }
+        if let (Some(ms), Some(us)) = (self.redis_cpu_ms, self.per_post_us(self.redis_cpu_ms)) {
+            println!("redis_cpu_ms={ms} redis_cpu_us_per_post={us:.1}");
+        }
+        for (name, calls, usec) in &self.redis_commands {
+            println!(
+                "  redis {name:<20} per_post={:6.2} usec_per_call={usec:6.2}",
+                calls / self.sent.max(1) as f64
+            );
+        }
+        if let Some(ms) = self.own_cpu_ms {
+            println!(
+                "loadgen_cpu_ms={ms} loadgen_cpu_pct={:.0}",
+                ms as f64 / 10.0 / secs.max(1) as f64
+            );
+        }
+        let [p50, p90, p99, p999] = self.latency_ms;
+        println!(
+            "latency_ms p50={p50:.2} p90={p90:.2} p99={p99:.2} p99.9={p999:.2} max={:.2}",
+            self.max_ms
         );
     }
-    if let (Some(before), Some(after)) = (redis_before, redis_after) {
-        let cpu_ms = after.saturating_sub(before) * 10;
-        println!(
-            "redis_cpu_ms={cpu_ms} redis_cpu_us_per_post={:.1}",
-            cpu_ms as f64 * 1000.0 / sent.max(1) as f64
-        );
-    }
-    if let Some(stats) = redis_stats {
-        // `cmdstat_NAME:calls=N,usec=U,usec_per_call=X,...`
-        for line in stats.lines().filter_map(|l| l.strip_prefix("cmdstat_")) {
-            let Some((name, fields)) = line.split_once(':') else {
-                continue;
-            };
+}
+
+/// Parses `INFO commandstats` (`cmdstat_NAME:calls=N,usec=U,usec_per_call=X,...`) into
+/// (name, calls, usec_per_call).
+fn commandstats(stats: &str) -> Vec<(String, f64, f64)> {
+    stats
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|line| {
+            let (name, fields) = line.split_once(':')?;
             let field = |key: &str| {
                 fields
                     .split(',')
@@ -429,21 +707,9 @@ async fn fanout(args: &Args, secs: u64) {
                     .and_then(|v| v.trim().parse::<f64>().ok())
                     .unwrap_or(0.0)
             };
-            println!(
-                "  redis {name:<20} per_post={:6.2} usec_per_call={:6.2}",
-                field("calls=") / sent.max(1) as f64,
-                field("usec_per_call=")
-            );
-        }
-    }
-    println!(
-        "latency_ms p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2}",
-        h.value_at_quantile(0.50) as f64 / 1000.0,
-        h.value_at_quantile(0.90) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-        h.value_at_quantile(0.999) as f64 / 1000.0,
-        h.max() as f64 / 1000.0
-    );
+            Some((name.to_owned(), field("calls="), field("usec_per_call=")))
+        })
+        .collect()
 }
 
 /// Sends one inline command to a local Redis and returns its reply text (a status line or a bulk
@@ -475,8 +741,8 @@ async fn redis_inline(port: u16, command: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+/// utime + stime of a process (`pid` is a number or `self`), in clock ticks.
+fn cpu_ticks(pid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; fields after its closing parenthesis are plain.
     let rest = stat.rsplit_once(')')?.1;
