@@ -180,16 +180,7 @@ async fn run(
                     // Let more frames queue up behind this one: one write for all of them.
                     tokio::time::sleep(write_delay).await;
                 }
-                // The kill switch is watched during the write too: a slow consumer whose queue
-                // filled is closed then, not only when its blocked write times out.
-                let written = tokio::select! {
-                    written = timeout(write_timeout, write_batch(session, sink, rx, Some(item))) => written,
-                    code = conn.killed() => return Ending::Close(code, match code {
-                        close::SERVICE_RESTART => "server restarting",
-                        _ => "slow consumer",
-                    }),
-                };
-                match written {
+                match timeout(write_timeout, write_batch(session, sink, rx, Some(item))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(())) => return Ending::Gone,
                     Err(_) => return Ending::Close(close::SLOW_CONSUMER, "write timed out"),
