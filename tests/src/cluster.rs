@@ -17,7 +17,11 @@ impl Cluster {
     /// Starts Redis and three ready gateways (`extra` environment on top of short presence and
     /// sync intervals).
     pub async fn start(extra: &[(&str, &str)]) -> Cluster {
-        let redis = RedisServer::start().await;
+        Self::start_on(RedisServer::start().await, extra).await
+    }
+
+    /// The same, on a given Redis (e.g. one with AOF persistence).
+    pub async fn start_on(redis: RedisServer, extra: &[(&str, &str)]) -> Cluster {
         let url = redis.url();
         let mut nodes = Vec::new();
         for i in 1..=3 {

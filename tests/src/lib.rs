@@ -541,20 +541,32 @@ impl Gateway {
     }
 }
 
-/// One throwaway `redis-server` (no persistence) on a loopback port, killed on drop.
+/// One throwaway `redis-server` on a loopback port, killed on drop: without persistence, or (with
+/// [`RedisServer::start_with_aof`]) with an append-only file in its own data directory.
 pub struct RedisServer {
     proc: Proc,
     port: u16,
+    aof: bool,
 }
 
 impl RedisServer {
     /// Starts `redis-server` (or `REDIS_SERVER_BIN`) on a fresh port and waits until it answers
     /// `PING`.
     pub async fn start() -> RedisServer {
+        Self::start_fresh(false).await
+    }
+
+    /// Like [`RedisServer::start`], with persistence: `appendonly yes`, `appendfsync everysec`, the
+    /// AOF in the server's own data directory, which [`RedisServer::restart_graceful`] keeps.
+    pub async fn start_with_aof() -> RedisServer {
+        Self::start_fresh(true).await
+    }
+
+    async fn start_fresh(aof: bool) -> RedisServer {
         let dir = fresh_dir("redis");
         for _ in 0..5 {
             let port = free_port();
-            if let Some(server) = Self::start_on(&dir, port).await {
+            if let Some(server) = Self::start_on(&dir, port, aof).await {
                 return server;
             }
         }
@@ -564,13 +576,13 @@ impl RedisServer {
     /// Starts `redis-server` on `port` (a node under test may already be trying to reach it).
     pub async fn start_on_port(port: u16) -> RedisServer {
         let dir = fresh_dir("redis");
-        match Self::start_on(&dir, port).await {
+        match Self::start_on(&dir, port, false).await {
             Some(server) => server,
             None => panic!("redis-server could not start on port {port}"),
         }
     }
 
-    async fn start_on(dir: &Path, port: u16) -> Option<RedisServer> {
+    async fn start_on(dir: &Path, port: u16, aof: bool) -> Option<RedisServer> {
         let bin = std::env::var_os("REDIS_SERVER_BIN").unwrap_or_else(|| "redis-server".into());
         let mut command = Command::new(bin);
         command.current_dir(dir).args([
@@ -579,7 +591,11 @@ impl RedisServer {
             "--save",
             "",
             "--appendonly",
-            "no",
+            if aof { "yes" } else { "no" },
+            "--appendfsync",
+            "everysec",
+            "--dir",
+            &dir.to_string_lossy(),
             "--bind",
             "127.0.0.1",
         ]);
@@ -594,7 +610,7 @@ impl RedisServer {
                 return None;
             }
             if redis_ping(port).await {
-                return Some(RedisServer { proc, port });
+                return Some(RedisServer { proc, port, aof });
             }
             if Instant::now() >= deadline {
                 panic!(
@@ -621,12 +637,13 @@ impl RedisServer {
         self.proc.pid
     }
 
-    /// Kills it with SIGKILL (all data is lost: it keeps nothing on disk).
+    /// Kills it with SIGKILL (without AOF all data is lost; with it, up to the last second).
     pub fn kill9(&mut self) {
         self.proc.kill9();
     }
 
-    /// Starts a fresh, empty server on the same port (killing the old one first if it runs).
+    /// Kills it (SIGKILL) if it runs and starts it again on the same port: empty without
+    /// persistence; with AOF, from its append-only file (which may miss the last second of writes).
     pub async fn restart(&mut self) {
         self.proc.kill9();
         // The new process logs to the same directory: the old handle must not delete it.
@@ -634,7 +651,7 @@ impl RedisServer {
         let dir = self.proc.dir.clone();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(server) = Self::start_on(&dir, self.port).await {
+            if let Some(server) = Self::start_on(&dir, self.port, self.aof).await {
                 *self = server;
                 return;
             }
@@ -645,6 +662,21 @@ impl RedisServer {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Stops it cleanly (SIGTERM: Redis writes and fsyncs its AOF before exiting), leaves it down
+    /// for `down`, and starts it again on the same port and data directory. With AOF, everything
+    /// written survives.
+    pub async fn restart_graceful(&mut self, down: Duration) {
+        send_signal(self.proc.pid, "TERM");
+        if self.proc.wait_exit(Duration::from_secs(20)).await.is_none() {
+            panic!(
+                "redis-server did not exit within 20 s of SIGTERM; log:\n{}",
+                file_tail(&self.proc.log, 40)
+            );
+        }
+        tokio::time::sleep(down).await;
+        self.restart().await;
     }
 
     /// Whether it answers `PING`.

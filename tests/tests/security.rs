@@ -192,9 +192,9 @@ async fn jwt_without_a_token_gets_noauth_then_auth_frame_works_then_timeout() {
         .await;
     expect_error(&mut c, ErrorCode::UserMismatch).await;
 
-    // A connection that never authenticates is closed with 4002.
+    // A connection that never authenticates is closed with 4003.
     let mut idle = Client::connect(&gw.ws_url()).await;
-    assert_eq!(idle.expect_close_code().await, Some(4002));
+    assert_eq!(idle.expect_close_code().await, Some(4003));
     // A token refused at the upgrade: 401.
     let refused = tokio_tungstenite::connect_async(format!("{}?token=garbage", gw.ws_url())).await;
     match refused {
@@ -205,7 +205,7 @@ async fn jwt_without_a_token_gets_noauth_then_auth_frame_works_then_timeout() {
 }
 
 #[tokio::test]
-async fn an_expired_token_gets_noauth_and_4003() {
+async fn an_expired_token_gets_noauth_and_4004() {
     let gw = Gateway::start(&jwt_env()).await;
     let mut short = Client::connect(&format!(
         "{}?token={}",
@@ -219,7 +219,7 @@ async fn an_expired_token_gets_noauth_and_4003() {
     short.expect_joined("r").await;
     let message = expect_noauth(&mut short).await;
     assert!(message.contains("expired"), "{message}");
-    assert_eq!(short.expect_close_code().await, Some(4003));
+    assert_eq!(short.expect_close_code().await, Some(4004));
 }
 
 #[tokio::test]
@@ -425,11 +425,11 @@ async fn api_rooms_is_paged() {
 
 /// Measured weakness 6 (in part): a client that answers pings but never logs in was kept forever.
 #[tokio::test]
-async fn a_connection_that_never_logs_in_is_closed_with_4002() {
+async fn a_connection_that_never_logs_in_is_closed_with_4003() {
     let gw = Gateway::start(&[("CHAT__LIMITS__LOGIN_TIMEOUT_SECS", "1")]).await;
     let mut idle = Client::connect(&gw.ws_url()).await;
     idle.send_json(json!({"event": "heartBeat"})).await;
-    assert_eq!(idle.expect_close_code().await, Some(4002));
+    assert_eq!(idle.expect_close_code().await, Some(4003));
     let mut ok = gw.client().await;
     ok.login("r", "u", "U").await;
     ok.stay_open_for(Duration::from_secs(2)).await;

@@ -105,6 +105,25 @@ async fn the_page_its_assets_and_its_routes_are_served() {
         .collect();
     ids.sort();
     assert_eq!(ids, ["ann", "bob"]);
+    // ... and who of them is online now: bob goes, ann stays.
+    bob.close().await;
+    let online = || async {
+        gw.get("/api/rooms/general/members").await.json()["online"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+    };
+    assert!(
+        chat_tests::wait_until(std::time::Duration::from_secs(20), || async {
+            online().await == Some(vec!["ann".to_owned()])
+        })
+        .await,
+        "online: {:?}",
+        online().await
+    );
     let bad = gw.get("/api/rooms/no%20spaces/members").await;
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json()["code"], "invalid_id");

@@ -304,6 +304,24 @@ describe('with a scripted socket', () => {
     c.close();
   });
 
+  test('a resend from the server (ack not seen in time) flushes the pending acks at once', async () => {
+    // A background tab's timers may run a minute late: the batched ack must not wait for them.
+    const S = fakeSocketClass();
+    const c = fakeClient(S, { ackDelayMs: 60000 });
+    c.join('r');
+    c.connect();
+    await waitFor(() => S.instances[0] && S.instances[0].onopen);
+    const s = S.instances[0];
+    s.open();
+    s.deliver(joinedFrame(0));
+    for (let seq = 1; seq <= 3; seq++) s.deliver(msg(seq));
+    assert.equal(s.sent.filter((f) => f.event === 'ack').length, 0, 'batched, not yet sent');
+    s.deliver(msg(2, 'e1', { resend: true }));
+    assert.deepEqual(s.sent.filter((f) => f.event === 'ack'), [{ event: 'ack', roomId: 'r', seq: 3, epoch: 'e1' }]);
+    assert.deepEqual(c.log.filter((e) => e.type === 'message').map((e) => e.message.seq), [1, 2, 3], 'the resend is not shown twice');
+    c.close();
+  });
+
   test('unanswered posts are resent with the same clientMsgId, then reported failed; retry() resends', async () => {
     const S = fakeSocketClass();
     const c = fakeClient(S, { postTimeoutMs: 300, maxPostAttempts: 3 });

@@ -122,6 +122,10 @@ pub trait Store: Send + Sync + 'static {
         min_ts: u64,
     ) -> Result<Vec<ChatMessage>>;
 
+    /// The oldest seq a stream's log still holds in its current epoch (`None` when it holds
+    /// nothing): what history retention has not dropped yet.
+    async fn oldest(&self, stream: &StreamKey) -> Result<Option<u64>>;
+
     /// A page of a room's history: up to `limit` messages with seq below `before` (or the newest),
     /// oldest first, with the log's epoch.
     async fn history(
@@ -159,6 +163,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Members of a room (ids), sorted.
     async fn members(&self, room: &RoomId) -> Result<Vec<UserId>>;
+
+    /// Users online in a room now, on any node (ids), sorted.
+    async fn online(&self, room: &RoomId) -> Result<Vec<UserId>>;
 
     /// Checks the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;

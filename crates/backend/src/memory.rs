@@ -201,6 +201,7 @@ fn message_from(draft: &Draft, room: Option<&RoomId>, to: Option<&UserId>, ts: u
         ts,
         client_msg_id: draft.client_msg_id.clone(),
         replay: false,
+        resend: false,
     }
 }
 
@@ -442,6 +443,15 @@ impl Store for Shared {
             .unwrap_or_default())
     }
 
+    async fn oldest(&self, stream: &StreamKey) -> Result<Option<u64>> {
+        let state = self.state.lock().await;
+        let log = match stream {
+            StreamKey::Room(id) => state.rooms.get(id).map(|r| &r.log),
+            StreamKey::Inbox(user) => state.inboxes.get(user),
+        };
+        Ok(log.and_then(|l| l.entries.front()).map(|m| m.seq))
+    }
+
     async fn history(
         &self,
         room: &RoomId,
@@ -534,6 +544,17 @@ impl Store for Shared {
             .unwrap_or_default())
     }
 
+    async fn online(&self, room: &RoomId) -> Result<Vec<UserId>> {
+        let state = self.state.lock().await;
+        let mut online: Vec<UserId> = state
+            .rooms
+            .get(room)
+            .map(|r| r.online.iter().cloned().collect())
+            .unwrap_or_default();
+        online.sort();
+        Ok(online)
+    }
+
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
@@ -621,6 +642,13 @@ mod tests {
             .await
             .expect("history");
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4]);
+        let stream = StreamKey::Room(room.clone());
+        assert_eq!(
+            backend.store.oldest(&stream).await.expect("oldest"),
+            Some(3)
+        );
+        let empty = StreamKey::Room(id("empty"));
+        assert_eq!(backend.store.oldest(&empty).await.expect("oldest"), None);
     }
 
     #[tokio::test]

@@ -1393,6 +1393,32 @@ async fn presence_changes_take_increasing_presence_seqs() {
     .await;
 }
 
+#[tokio::test]
+async fn oldest_is_the_first_seq_history_still_holds() {
+    bounded(async {
+        let server = RedisServer::start();
+        let mut cfg = config(&server, "n1");
+        cfg.history_per_room = 3;
+        let backend = open(cfg).await;
+        let r = room("r");
+        let stream = StreamKey::Room(r.clone());
+        assert_eq!(backend.store.oldest(&stream).await.expect("oldest"), None);
+        for i in 1..=5 {
+            backend
+                .store
+                .post(&r, &draft("a", &format!("m{i}")))
+                .await
+                .expect("post");
+        }
+        // Trimmed to the newest 3.
+        assert_eq!(
+            backend.store.oldest(&stream).await.expect("oldest"),
+            Some(3)
+        );
+    })
+    .await;
+}
+
 /// Posts check key types on a room's first post through the node and trust them afterwards; a
 /// key damaged later fails the next post (Corrupt), and every post after that checks again, so
 /// damage is never silently written over.
@@ -1547,6 +1573,34 @@ async fn a_refresh_skips_a_damaged_room_and_renews_the_others() {
         assert_eq!(refreshed, Refreshed::default());
         let after = raw(&server, &["ZSCORE", "chat:room:{good}:online", "ann"]).await;
         assert_ne!(before, after, "the good room's presence was renewed");
+    })
+    .await;
+}
+
+/// Who is online in a room now, by the Redis clock: expired entries are not online.
+#[tokio::test]
+async fn online_lists_users_whose_presence_has_not_expired() {
+    bounded(async {
+        let server = RedisServer::start();
+        let a = open(config(&server, "node-a")).await;
+        let r = room("r");
+        for u in ["ann", "bob"] {
+            a.store
+                .join(&JoinRequest {
+                    room: &r,
+                    user: &user(u),
+                    user_name: u,
+                    room_name: None,
+                })
+                .await
+                .expect("join");
+        }
+        assert_eq!(
+            a.store.online(&r).await.expect("online"),
+            vec![user("ann"), user("bob")]
+        );
+        raw(&server, &["ZADD", "chat:room:{r}:online", "1", "bob"]).await;
+        assert_eq!(a.store.online(&r).await.expect("online"), vec![user("ann")]);
     })
     .await;
 }

@@ -134,7 +134,11 @@ pub async fn run(args: Args) {
                                 None => paging.remove(h.room_id.as_str()),
                             };
                         }
-                        if !args.raw {
+                        // A resend of a message already shown (the server did not see our ack in
+                        // time) is not shown twice.
+                        let seen = matches!(&frame, ServerFrame::Message(m) if m.resend
+                            && m.room_id.as_ref().and_then(|r| rooms.get(r.as_str())).is_some_and(|p| p.seq >= m.seq));
+                        if !args.raw && !seen {
                             let line = show(&frame, &args.user);
                             if !line.is_empty() { println!("{line}"); }
                         }
@@ -247,7 +251,8 @@ fn command(
     }
 }
 
-/// Remembers positions and returns the ack for a room message.
+/// Remembers positions and returns the ack for a message: a room message, or a direct message
+/// (the server resends what an acking connection leaves unacknowledged, inbox included).
 fn track(frame: &ServerFrame, rooms: &mut BTreeMap<String, RoomPos>) -> Option<Value> {
     match frame {
         ServerFrame::Joined(j) => {
@@ -258,6 +263,9 @@ fn track(frame: &ServerFrame, rooms: &mut BTreeMap<String, RoomPos>) -> Option<V
                 pos.seq = pos.seq.min(j.seq);
             }
             None
+        }
+        ServerFrame::Message(m) if m.room_id.is_none() => {
+            Some(json!({"event": "ack", "direct": true, "seq": m.seq, "epoch": m.epoch}))
         }
         ServerFrame::Message(m) => {
             let room = m.room_id.as_ref()?;
@@ -272,10 +280,23 @@ fn track(frame: &ServerFrame, rooms: &mut BTreeMap<String, RoomPos>) -> Option<V
 
 fn show(frame: &ServerFrame, me: &str) -> String {
     match frame {
-        ServerFrame::Joined(j) => format!(
-            "* joined {} ({}) — {} online, {} members, {} missed messages follow",
-            j.room_id, j.room_name, j.num, j.total, j.replayed
-        ),
+        ServerFrame::Joined(j) => {
+            let mut line = format!(
+                "* joined {} ({}) — {} online, {} members, {} missed messages follow",
+                j.room_id, j.room_name, j.num, j.total, j.replayed
+            );
+            if !j.recovered {
+                // An honest gap: some of what was missed is not replayed.
+                line.push_str(&match j.oldest_seq {
+                    Some(oldest) => format!(
+                        "\n* [{}] ── gap: some missed messages are gone; history holds seq {oldest} and later ──",
+                        j.room_id
+                    ),
+                    None => format!("\n* [{}] ── gap: some missed messages are gone ──", j.room_id),
+                });
+            }
+            line
+        }
         ServerFrame::Login(n) => format!(
             "* [{}] {} came online — {} online / {} members",
             n.room_id, n.user_name, n.num, n.total

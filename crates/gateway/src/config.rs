@@ -25,6 +25,7 @@ pub struct Settings {
     pub offline: OfflineSettings,
     pub presence: PresenceSettings,
     pub cluster: ClusterSettings,
+    pub delivery: DeliverySettings,
     pub redis: RedisSettings,
     pub log: LogSettings,
     pub web: WebSettings,
@@ -111,6 +112,16 @@ pub struct PresenceSettings {
 pub struct ClusterSettings {
     pub sync_interval_secs: u64,
     pub cursor_flush_ms: u64,
+}
+
+/// `[delivery]`: resend on missing acks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct DeliverySettings {
+    pub ack_timeout_secs: u64,
+    pub max_retries: u32,
+    pub max_unacked: usize,
 }
 
 /// `[redis]`
@@ -267,6 +278,9 @@ impl Settings {
         if self.cluster.sync_interval_secs == 0 {
             return invalid("cluster.sync_interval_secs must be at least 1");
         }
+        if self.delivery.ack_timeout_secs == 0 || self.delivery.max_unacked == 0 {
+            return invalid("delivery.ack_timeout_secs and delivery.max_unacked must be positive");
+        }
         if !(10..=60_000).contains(&self.cluster.cursor_flush_ms) {
             return invalid("cluster.cursor_flush_ms must be between 10 and 60000");
         }
@@ -311,6 +325,15 @@ impl Settings {
         Duration::from_secs(self.heartbeat.interval_secs)
     }
 
+    /// The resend policy of acking connections.
+    pub fn delivery_policy(&self) -> crate::delivery::Policy {
+        crate::delivery::Policy {
+            ack_timeout: Duration::from_secs(self.delivery.ack_timeout_secs),
+            max_retries: self.delivery.max_retries,
+            max_unacked: self.delivery.max_unacked,
+        }
+    }
+
     /// Silence after which a connection is reaped.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.heartbeat.timeout_secs)
@@ -345,6 +368,9 @@ mod tests {
         assert_eq!(s.redis.prefix, "chat:");
         assert!(s.redis.url.is_empty());
         assert_eq!(s.web.default_rooms, ["lobby", "games", "music", "tech"]);
+        assert_eq!(s.delivery.ack_timeout_secs, 10);
+        assert_eq!(s.delivery.max_retries, 3);
+        assert_eq!(s.delivery.max_unacked, 1024);
     }
 
     #[test]

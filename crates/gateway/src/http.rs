@@ -5,7 +5,7 @@
 //! | `GET /ws` | WebSocket upgrade (protocol v1) |
 //! | `GET /api/rooms?after=&limit=` | `{"rooms":[{roomId, roomName, num, total, seq, epoch}],"next"}`: a page in id order |
 //! | `GET /api/rooms/{id}/messages?before=&limit=` | `{"roomId","epoch","messages":[...]}` |
-//! | `GET /api/rooms/{id}/members` | `{"roomId","members":[userId…]}`: who joined and has not logged out |
+//! | `GET /api/rooms/{id}/members` | `{"roomId","members":[userId…],"online":[userId…]}`: who joined and has not logged out, and who of them is online now (any node) |
 //! | `GET /api/node` | `{"node","backend","connections","presenceLeaseMs","draining","legacy":{"connections","rejected"}}`: which node answered, and its load |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when the store and the broker answer and the node is not draining or shutting down, else 503 |
@@ -327,9 +327,12 @@ async fn members(
     if let Err(response) = may_read(&node, grant.as_ref(), &room).await {
         return response;
     }
-    match node.store.members(&room).await {
-        Ok(members) => Json(json!({ "roomId": room, "members": members })).into_response(),
-        Err(e) => backend_error(e),
+    let (members, online) = tokio::join!(node.store.members(&room), node.store.online(&room));
+    match (members, online) {
+        (Ok(members), Ok(online)) => {
+            Json(json!({ "roomId": room, "members": members, "online": online })).into_response()
+        }
+        (Err(e), _) | (_, Err(e)) => backend_error(e),
     }
 }
 

@@ -148,9 +148,9 @@ pub struct Attached {
 /// See the module docs.
 pub struct Hub {
     state: Mutex<HubState>,
-    /// Serializes subscribe/unsubscribe so an unsubscribe of an emptied stream cannot overtake the
-    /// subscribe of a new first member.
-    sub_lock: tokio::sync::Mutex<()>,
+    /// Per stream: serializes its subscribe/unsubscribe so an unsubscribe of an emptied stream
+    /// cannot overtake the subscribe of a new first member (see [`Hub::transition_lock`]).
+    sub_locks: std::sync::Mutex<HashMap<StreamKey, Arc<tokio::sync::Mutex<()>>>>,
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
     next_conn: AtomicU64,
@@ -163,6 +163,8 @@ struct HubState {
     streams: HashMap<StreamKey, LocalStream>,
     /// Which users are in which room through this node; the only place that decides it.
     membership: Membership,
+    /// Streams whose gap is being filled by a task of the pump's.
+    filling: std::collections::HashSet<StreamKey>,
 }
 
 struct LocalStream {
@@ -279,7 +281,7 @@ impl Hub {
     pub fn new(store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Arc<Self> {
         Arc::new(Hub {
             state: Mutex::new(HubState::default()),
-            sub_lock: tokio::sync::Mutex::new(()),
+            sub_locks: std::sync::Mutex::new(HashMap::new()),
             store,
             broker,
             next_conn: AtomicU64::new(1),
@@ -311,7 +313,8 @@ impl Hub {
         if let Some(attached) = self.attach_if_ready(key, conn) {
             return Ok(attached);
         }
-        let _transition = self.sub_lock.lock().await;
+        let transition = self.transition_lock(key);
+        let _transition = transition.lock().await;
         if let Some(attached) = self.attach_if_ready(key, conn) {
             return Ok(attached);
         }
@@ -453,10 +456,24 @@ impl Hub {
         last
     }
 
+    /// The lock that orders one stream's subscribe and unsubscribe transitions. Per stream, so a
+    /// slow subscription of one room never holds up a first join of another.
+    fn transition_lock(&self, key: &StreamKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .sub_locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Forget locks nobody holds or waits for, so the map stays as small as the transitions
+        // in flight.
+        locks.retain(|k, lock| k == key || Arc::strong_count(lock) > 1);
+        locks.entry(key.clone()).or_default().clone()
+    }
+
     fn schedule_unsubscribe(self: &Arc<Self>, key: StreamKey) {
         let hub = Arc::clone(self);
         tokio::spawn(async move {
-            let _transition = hub.sub_lock.lock().await;
+            let transition = hub.transition_lock(&key);
+            let _transition = transition.lock().await;
             let emptied = {
                 let mut state = hub.lock();
                 let empty = state.streams.get(&key).is_some_and(|s| s.conns.is_empty());
@@ -515,7 +532,7 @@ impl Hub {
                 event = events.recv() => match event {
                     Some(event) => {
                         metrics::gauge!(crate::metrics::BROKER_QUEUE_DEPTH).set(events.len() as f64);
-                        self.apply(event).await
+                        self.apply_without_waiting(event).await
                     }
                     None => return,
                 },
@@ -535,6 +552,33 @@ impl Hub {
     }
 
     /// Applies one broker event.
+    /// [`Hub::apply`] for the pump: a gap is filled in a task of its own (one per stream at a
+    /// time), so the pump goes on delivering every other stream while one stream's missing
+    /// messages are fetched. The stream's later messages wait in its pending buffer meanwhile.
+    async fn apply_without_waiting(self: &Arc<Self>, event: BrokerEvent) {
+        let BrokerEvent::Message {
+            stream,
+            message,
+            frame,
+        } = event
+        else {
+            return self.apply(event).await;
+        };
+        if !self.on_message(&stream, message, frame) {
+            return;
+        }
+        if !self.lock().filling.insert(stream.clone()) {
+            return; // a fill of this stream is running; it delivers what is pending after it
+        }
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            // A failure leaves the stream marked; the retry tick tries again.
+            let _ = hub.sync_stream(&stream).await;
+            hub.lock().filling.remove(&stream);
+        });
+    }
+
+    /// Applies one broker event, filling a gap before it returns.
     pub async fn apply(self: &Arc<Self>, event: BrokerEvent) {
         match event {
             BrokerEvent::Message {
@@ -607,6 +651,7 @@ impl Hub {
         let HubState {
             streams,
             membership,
+            ..
         } = &mut *state;
         if let Some(at) = n.presence_seq
             && !membership.observe_notice(&n.room_id, &n.user_id, at)

@@ -697,6 +697,7 @@ mod tests {
             ts: 1,
             client_msg_id: None,
             replay: false,
+            resend: false,
         })
         .encode();
         let text = Utf8Bytes::from(v1);

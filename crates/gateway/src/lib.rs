@@ -10,6 +10,7 @@
 //!   notices.
 //! - [`session`]: one connection's protocol logic, testable without a socket.
 //! - [`ws`]: the socket driver around a session.
+//! - [`delivery`]: resend on missing acks (pure state machine the session drives).
 //! - [`http`]: the routes.
 //! - [`web`]: the browser chat's embedded page and client library.
 //! - [`legacy`]: the classic tutorial client's dialect on `GET /`, translated at the edge.
@@ -25,6 +26,7 @@
 pub mod auth;
 pub mod config;
 pub mod cursors;
+pub mod delivery;
 pub mod drain;
 pub mod http;
 pub mod hub;

@@ -40,6 +40,8 @@ pub const ERRORS: &str = "chat_errors_total";
 pub const GAP_FILLS: &str = "chat_gap_fills_total";
 /// Messages recovered per gap fill.
 pub const GAP_FILL_MESSAGES: &str = "chat_gap_fill_messages";
+/// Message frames written again to acking connections that did not ack them in time.
+pub const RESENDS: &str = "chat_resends_total";
 /// Streams whose log epoch changed (the log was reset).
 pub const EPOCH_CHANGES: &str = "chat_epoch_changes_total";
 /// Events waiting in the broker's queue to the hub.
@@ -120,6 +122,10 @@ fn describe() {
     describe_counter!(GAP_FILLS, "Stream gaps filled from the log");
     describe_histogram!(GAP_FILL_MESSAGES, "Messages recovered per gap fill");
     describe_counter!(EPOCH_CHANGES, "Streams whose log epoch changed");
+    describe_counter!(
+        RESENDS,
+        "Message frames resent to acking connections that did not ack them in time"
+    );
     describe_counter!(
         "chat_redis_pubsub_reconnects_total",
         "Times the Redis pub/sub connection was re-established"

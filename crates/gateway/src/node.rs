@@ -50,6 +50,8 @@ pub struct Node {
     /// store call, and exclusively by the presence upkeep across its snapshot and refresh: a
     /// refresh built before a removal can then never be applied after it and bring the user back.
     pub presence_barrier: RwLock<()>,
+    /// Resend counters of every session on this node.
+    pub delivery: crate::delivery::Counters,
     /// The token verifier in `auth.mode = "jwt"`; `None` in `off` mode.
     pub auth: Option<Arc<crate::auth::Verifier>>,
     /// Open WebSocket connections per client IP and in total.
@@ -93,6 +95,7 @@ impl Node {
             legacy: Arc::default(),
             presence_locks: (0..PRESENCE_STRIPES).map(|_| Mutex::new(())).collect(),
             presence_barrier: RwLock::new(()),
+            delivery: crate::delivery::Counters::default(),
             cursors: CursorBatch::new(),
             drain: Default::default(),
             settings,

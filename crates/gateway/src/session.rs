@@ -19,6 +19,10 @@
 //! the same delivery [`Mark`]s as live frames, so a replay that never reached the client does
 //! not move its cursor.
 //!
+//! Resend on missing acks: every written message frame is also handed, with its mark, to a
+//! [`Tracker`] (see [`crate::delivery`]); once the connection acks, the tracker's deadline makes
+//! the driver call [`Session::on_resend_due`], which queues the unacknowledged tail again or gives
+//! the connection up (the driver closes it with 4002).
 //! Hostile clients ([`crate::auth`], [`crate::limits`]): in `auth.mode = "jwt"` a session without
 //! a valid token answers every frame but `auth` with `noauth` and drops it, and identity comes
 //! from the token only; posts and joins pass token buckets; `history` needs membership of the
@@ -44,6 +48,7 @@ use chat_protocol::{
 };
 
 use crate::auth::Grant;
+use crate::delivery::{self, Due, Tracker};
 use crate::hub::{Attached, ConnHandle, Mark};
 use crate::legacy::{self, Edge};
 use crate::limits::TokenBucket;
@@ -124,6 +129,8 @@ pub struct Session {
     /// The inbox could not be attached or replayed; retried at the next login and every tick.
     inbox_failed: bool,
     replies: VecDeque<Reply>,
+    /// Unacknowledged frames of an acking connection, for resending (see [`crate::delivery`]).
+    tracker: Tracker<Utf8Bytes>,
     /// The verified token, in `auth.mode = "jwt"`.
     grant: Option<Grant>,
     /// When the connection opened (the auth and login timeouts count from here).
@@ -136,6 +143,21 @@ pub struct Session {
     refused_in_a_row: u32,
     /// Set when the session wants the driver to close the connection (after writing its replies).
     close_request: Option<(u16, &'static str)>,
+}
+
+/// The connection stopped acknowledging what it was sent; the driver closes it with
+/// [`chat_protocol::close::ACK_TIMEOUT`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GaveUp {
+    /// The stream that timed out.
+    pub stream: StreamKey,
+    /// Its oldest unacknowledged seq.
+    pub seq: u64,
+}
+
+/// Now, on tokio's clock (so tests with a paused clock control resend deadlines).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 fn node_limits_posts(node: &Node) -> (u32, u32) {
@@ -178,6 +200,7 @@ impl Session {
             inbox: None,
             inbox_failed: false,
             replies: VecDeque::new(),
+            tracker: Tracker::new(node.settings.delivery_policy()),
             grant: None,
             opened: Instant::now(),
             ever_joined: false,
@@ -480,19 +503,91 @@ impl Session {
 
     /// A frame carrying `mark` reached the socket.
     pub fn on_delivered(&mut self, mark: &Mark) {
+        self.delivered(mark);
+    }
+
+    /// Records a delivered position; false when the stream is no longer this connection's.
+    fn delivered(&mut self, mark: &Mark) -> bool {
         let progress = match mark.stream.as_ref() {
             StreamKey::Room(room) => self.rooms.get_mut(room),
             StreamKey::Inbox(_) => self.inbox.as_mut(),
         };
-        if let Some(p) = progress {
-            p.follow(&mark.epoch);
-            p.delivered = p.delivered.max(mark.seq);
+        match progress {
+            Some(p) => {
+                p.follow(&mark.epoch);
+                p.delivered = p.delivered.max(mark.seq);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A frame carrying `mark` reached the socket; `text` is the frame itself, kept (shared, not
+    /// copied) for resending while an acking client has not acknowledged it.
+    pub fn on_written(&mut self, mark: &Mark, text: &Utf8Bytes) {
+        // The legacy dialect has no `ack`: nothing is kept for it.
+        if self.delivered(mark) && self.legacy.is_none() {
+            self.tracker
+                .on_written(&mark.stream, &mark.epoch, mark.seq, text, now());
+        }
+    }
+
+    /// When [`Session::on_resend_due`] next has work: the earliest ack deadline of this connection.
+    pub fn next_resend(&self) -> Option<std::time::Instant> {
+        self.tracker.next_deadline()
+    }
+
+    /// Frames resent on this connection so far.
+    pub fn resent(&self) -> u64 {
+        self.tracker.resent()
+    }
+
+    /// An ack deadline passed: queues the unacknowledged tails again (marked `"resend": true`,
+    /// copied from the stored frames, not re-encoded), or reports that the connection gave up.
+    pub fn on_resend_due(&mut self) -> Result<(), GaveUp> {
+        match self.tracker.poll(now()) {
+            Due::Nothing => Ok(()),
+            Due::Resend(frames) => {
+                self.node
+                    .delivery
+                    .resent_frames
+                    .fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                // Rare (a round per ack timeout), so the registry lookup is fine here.
+                metrics::counter!(crate::metrics::RESENDS).increment(frames.len() as u64);
+                tracing::debug!(
+                    conn = self.conn.id,
+                    frames = frames.len(),
+                    "resending unacknowledged messages"
+                );
+                for frame in frames {
+                    // No mark: these positions were recorded when first written.
+                    self.replies.push_back(Reply {
+                        text: Utf8Bytes::from(delivery::mark_resend(frame.as_str())),
+                        mark: None,
+                    });
+                }
+                Ok(())
+            }
+            Due::GiveUp { stream, seq } => {
+                self.node
+                    .delivery
+                    .given_up
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    conn = self.conn.id,
+                    ?stream,
+                    seq,
+                    "no acks: closing the connection"
+                );
+                Err(GaveUp { stream, seq })
+            }
         }
     }
 
     /// The user left `room` through another connection: this one is no longer in it.
     pub fn on_left(&mut self, room: &RoomId) {
         self.rooms.remove(room);
+        self.tracker.forget(&StreamKey::Room(room.clone()));
     }
 
     /// Periodic work (driven by the heartbeat timer): retries attaching a direct-message inbox
@@ -611,15 +706,18 @@ impl Session {
         let through = attached.last.max(head);
         // Where the client's knowledge ends: what it says (`since`), else its stored cursor. A
         // position from another epoch means the log was reset: everything in the new one is new.
+        // A position ahead of the head never becomes a cursor past what exists: with the current
+        // epoch named it is clamped to the head (the client cannot hold more than the log); without
+        // an epoch it is taken to be from a log that has since been reset, like an old epoch.
         let known = match (req.since, &req.epoch) {
             (Some(_), Some(epoch)) if *epoch != attached.epoch => Some(0),
-            (Some(since), _) => Some(since),
+            (Some(since), Some(_)) => Some(since.min(through)),
+            (Some(since), None) => Some(if since > through { 0 } else { since }),
             (None, _) => outcome
                 .cursor
                 .as_ref()
-                .map(|c| c.seq_in(&attached.epoch).unwrap_or(0)),
-        }
-        .map(|k| if k > through { 0 } else { k });
+                .map(|c| c.seq_in(&attached.epoch).unwrap_or(0).min(through)),
+        };
         let replay = match known {
             Some(after) if after < through => {
                 let max = node.settings.offline.max_per_room;
@@ -646,6 +744,7 @@ impl Session {
             _ => Vec::new(),
         };
 
+        let (recovered, oldest_seq) = self.gap(&key, known, through, &replay).await;
         let first_login = self.user.is_none();
         if first_login {
             // The connection's span (ws.rs) names the user in every later log line of it.
@@ -666,6 +765,8 @@ impl Session {
             num: outcome.counts.num,
             total: outcome.counts.total,
             replayed: replay.len() as u64,
+            recovered,
+            oldest_seq,
         }));
         self.reply_replay(&key, replay);
         self.rooms
@@ -757,6 +858,9 @@ impl Session {
                 .map_err(unavailable)?,
             _ => Vec::new(),
         };
+        let (recovered, oldest_seq) = self
+            .gap(&key, after.map(|a| a.min(delivered)), delivered, &replay)
+            .await;
         self.reply(&ServerFrame::Joined(Joined {
             room_id: req.room_id,
             room_name: outcome.room_name,
@@ -765,9 +869,37 @@ impl Session {
             num: outcome.counts.num,
             total: outcome.counts.total,
             replayed: replay.len() as u64,
+            recovered,
+            oldest_seq,
         }));
         self.reply_replay(&key, replay);
         Ok(())
+    }
+
+    /// `recovered` and `oldestSeq` of a `joined`: whether `replay` (of `after < seq <= through`)
+    /// reaches back to the client's position `after`. No position means nothing to recover. When
+    /// it does not, the oldest seq history still holds tells the client where its gap ends.
+    async fn gap(
+        &self,
+        key: &StreamKey,
+        after: Option<u64>,
+        through: u64,
+        replay: &[ChatMessage],
+    ) -> (bool, Option<u64>) {
+        let Some(after) = after.filter(|a| *a < through) else {
+            return (true, None);
+        };
+        if replay.first().is_some_and(|m| m.seq == after + 1) {
+            return (true, None);
+        }
+        match self.node.store.oldest(key).await {
+            Ok(oldest) => (false, oldest),
+            Err(e) => {
+                // The gap is still reported; only where it ends is unknown.
+                tracing::debug!(error = %e, "could not read the oldest seq");
+                (false, None)
+            }
+        }
     }
 
     /// Attaches the connection to its user's direct-message inbox and replays what they missed.
@@ -861,6 +993,7 @@ impl Session {
             outcome
         };
         self.rooms.remove(&room);
+        self.tracker.forget(&StreamKey::Room(room.clone()));
         let notice = PresenceNotice {
             room_id: room.clone(),
             user_id: user.id.clone(),
@@ -993,6 +1126,8 @@ impl Session {
         let seq = seq.min(progress.delivered);
         let acked = progress.acked.unwrap_or(0).max(seq);
         progress.acked = Some(acked);
+        self.tracker
+            .on_ack(&key, &progress.epoch, acked, progress.delivered, now());
         // Written with the node's next batch: the socket path never waits on the store.
         if acked > 0 {
             self.node.cursors.record(&user.id, &key, progress.at(acked));

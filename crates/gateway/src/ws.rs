@@ -1,8 +1,9 @@
 //! The socket driver: connects a [`Session`] to a real WebSocket.
 //!
 //! One task per connection owns the socket and the session and `select!`s over: frames from the
-//! client, the hub's bounded outbound queue, the heartbeat timer, a kill switch (slow consumer) and
-//! node shutdown. Writes are coalesced: everything already queued is fed to the sink and then
+//! client, the hub's bounded outbound queue, the heartbeat timer, the session's ack deadline
+//! (resend, or close with 4002; see [`crate::delivery`]), a kill switch (slow consumer) and node
+//! shutdown. Writes are coalesced: everything already queued is fed to the sink and then
 //! flushed once.
 
 use std::sync::Arc;
@@ -205,6 +206,11 @@ async fn run(
                     Message::Close(_) => return Ending::Gone,
                 }
             }
+            _ = resend_deadline(session.next_resend()) => {
+                if session.on_resend_due().is_err() {
+                    return Ending::Close(close::ACK_TIMEOUT, "messages not acknowledged");
+                }
+            }
             _ = async {
                 match deadline {
                     Some((at, _)) => tokio::time::sleep_until(at).await,
@@ -237,10 +243,13 @@ async fn write_batch(
     crate::metrics::outbound_depth(rx.len() + usize::from(first.is_some()));
     let replies: Vec<_> = session.take_replies().collect();
     let mut frames = replies.len() as u64;
+    // Each mark with its frame: an acking client's session keeps the (shared) frame for resending.
     let mut marks = Vec::new();
     for reply in replies {
+        if let Some(mark) = reply.mark {
+            marks.push((mark, reply.text.clone()));
+        }
         sink.feed(Message::Text(reply.text)).await.map_err(|_| ())?;
-        marks.extend(reply.mark);
     }
     let mut next = first;
     let mut written = 0;
@@ -248,11 +257,14 @@ async fn write_batch(
         match item {
             Outbound::Frame { text, mark, legacy } => {
                 // A frame a legacy client must not get still counts as delivered (its own post).
+                // The shared v1 frame is what an acking (v1) session keeps for resending.
+                if let Some(mark) = mark {
+                    marks.push((mark, text.clone()));
+                }
                 if let Some(text) = session.outbound_text(text, legacy.as_ref()) {
                     sink.feed(Message::Text(text)).await.map_err(|_| ())?;
                     frames += 1;
                 }
-                marks.extend(mark);
             }
             Outbound::Left(room) => session.on_left(&room),
         }
@@ -265,10 +277,18 @@ async fn write_batch(
     let hot = crate::metrics::hot();
     hot.frames_out.increment(frames);
     hot.deliveries.increment(marks.len() as u64);
-    for mark in &marks {
-        session.on_delivered(mark);
+    for (mark, text) in &marks {
+        session.on_written(mark, text);
     }
     Ok(())
+}
+
+/// Resolves at the session's next ack deadline; never when it has none.
+async fn resend_deadline(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A read error: an oversized frame gets 1009, a protocol violation 1002, invalid UTF-8 1007

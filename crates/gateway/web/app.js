@@ -823,6 +823,8 @@ async function renderMembers() {
       const body = await response.json();
       members = (body.members || []).map(String);
       conv.members = members;
+      // Who is online right now, on any gateway; notices keep it current while the list is open.
+      if (Array.isArray(body.online)) conv.online = new Set(body.online.map(String));
     }
   } catch (_) {
     // keep the last list

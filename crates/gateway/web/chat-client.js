@@ -18,7 +18,8 @@
 // - resume: the last seq and epoch per room are kept in storage (localStorage in a browser), and
 //   every login carries `since` + `epoch`, so the server replays exactly what was missed;
 // - dedup by (room, seq) within an epoch, and adopting a new epoch when a log was recreated;
-// - cumulative acks, batched (one per room per `ackDelayMs`);
+// - cumulative acks, batched (one per room per `ackDelayMs`), sent at once when the server resends
+//   (`"resend": true`: it has not seen an ack in time);
 // - posts: every post has a `clientMsgId`; unanswered posts are resent with the same id (the
 //   server makes that idempotent) after a timeout and after a reconnect;
 // - typed events for the UI: status, joined, message, presence, pending, sent, failed, left, epoch,
@@ -709,7 +710,13 @@ export class ChatClient {
     } else if (room.epoch == null) {
       room.epoch = frame.epoch;
     }
-    if (frame.seq <= room.seq) return undefined; // a duplicate (a replay overlapping what we had)
+    if (frame.seq <= room.seq) {
+      // A duplicate (a replay overlapping what we had, or a resend). A resend means the server has
+      // not seen an ack covering it (a background tab's timers can run a minute late, and the
+      // server closes a connection that stops acking): send the pending acks now.
+      if (frame.resend) this.flushAcks();
+      return undefined;
+    }
     room.seq = frame.seq;
     room.head = Math.max(room.head, frame.seq);
     this.saveCursor(room);
@@ -727,7 +734,10 @@ export class ChatClient {
       d.seq = 0;
     }
     d.epoch = frame.epoch;
-    if (frame.seq <= d.seq) return;
+    if (frame.seq <= d.seq) {
+      if (frame.resend) this.flushAcks(); // see onMessage
+      return;
+    }
     d.seq = frame.seq;
     d.dirty = true;
     this.saveDirectCursor();

@@ -23,9 +23,14 @@ pub const SERVICE_RESTART: u16 = 1012;
 pub const SLOW_CONSUMER: u16 = 4000;
 /// Nothing arrived from the client for `heartbeat.timeout_secs`. The client was presumably gone.
 pub const HEARTBEAT_TIMEOUT: u16 = 4001;
+/// The client stopped acknowledging: an acking connection (one that has sent `ack`) left delivered
+/// messages unacknowledged through `delivery.max_retries` resends, `delivery.ack_timeout_secs`
+/// apart, or more than the server could keep for resending. The connection is presumed half-open.
+/// Reconnect (to any node) and `login` with `since` (and `epoch`): the replay fills the gap.
+pub const ACK_TIMEOUT: u16 = 4002;
 /// No valid token (`auth.mode = "jwt"`) within `auth.timeout_secs`, or no `login` within
 /// `limits.login_timeout_secs`. Authenticate (or log in) promptly after connecting.
-pub const AUTH_TIMEOUT: u16 = 4002;
+pub const AUTH_TIMEOUT: u16 = 4003;
 /// The connection's token expired and was not refreshed with an `auth` frame: get a new token,
 /// then reconnect.
-pub const TOKEN_EXPIRED: u16 = 4003;
+pub const TOKEN_EXPIRED: u16 = 4004;

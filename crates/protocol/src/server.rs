@@ -81,6 +81,21 @@ pub struct Joined {
     /// How many missed messages are replayed right after this frame.
     #[serde(default)]
     pub replayed: u64,
+    /// False when the replay does not reach back to the client's position (its `since`, or its
+    /// stored read cursor): messages after that position were dropped by history retention, are
+    /// older than the replay bounds, or exceed `offline.max_per_room`. True when the replay
+    /// closes the gap, and when there was no position to recover from (a new member, or a `login`
+    /// without `since` and without a stored cursor). Absent from older servers: read as true.
+    #[serde(default = "yes")]
+    pub recovered: bool,
+    /// With `recovered: false`: the oldest seq the room's history still holds (`history` pages back
+    /// to it; anything older is gone). Omitted otherwise, and when the history is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_seq: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Why a user left a room's online list.
@@ -145,6 +160,11 @@ pub struct ChatMessage {
     /// True when this is a replay of a message missed while offline (or asked for with `since`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub replay: bool,
+    /// True when the server sends this message again because the connection did not acknowledge
+    /// it within `delivery.ack_timeout_secs` (see `docs/delivery.md`). The client already may have
+    /// it: deduplicate by (`roomId` or inbox, `epoch`, `seq`). Omitted when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub resend: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -253,6 +273,7 @@ mod tests {
             ts: 1_700_000_000_000,
             client_msg_id: None,
             replay: false,
+            resend: false,
         }
     }
 
@@ -267,6 +288,8 @@ mod tests {
                 num: 2,
                 total: 3,
                 replayed: 1,
+                recovered: false,
+                oldest_seq: Some(4),
             }),
             ServerFrame::Login(PresenceNotice {
                 room_id: RoomId::new("r1").expect("id"),
@@ -380,5 +403,38 @@ mod tests {
         .encode();
         assert!(logout.contains(r#""reason":"left""#), "{logout}");
         assert!(logout.contains(r#""presenceSeq":12"#), "{logout}");
+    }
+
+    #[test]
+    fn delivery_fields_are_additive() {
+        // A `joined` from a server without the field reads as recovered, with no oldest seq.
+        let old = r#"{"event":"joined","roomId":"r","roomName":"r","seq":3,"epoch":"e","num":1,"total":1,"replayed":0}"#;
+        match ServerFrame::decode(old) {
+            Ok(ServerFrame::Joined(j)) => assert!(j.recovered && j.oldest_seq.is_none()),
+            other => panic!("{other:?}"),
+        }
+        let gap = ServerFrame::Joined(Joined {
+            room_id: RoomId::new("r").expect("id"),
+            room_name: "r".into(),
+            seq: 9,
+            epoch: "e".into(),
+            num: 1,
+            total: 1,
+            replayed: 2,
+            recovered: false,
+            oldest_seq: Some(8),
+        })
+        .encode();
+        assert!(gap.contains(r#""recovered":false"#), "{gap}");
+        assert!(gap.contains(r#""oldestSeq":8"#), "{gap}");
+
+        let live = ServerFrame::Message(message()).encode();
+        assert!(!live.contains("resend"), "omitted when false: {live}");
+        // The gateway marks a resend by prefixing the stored frame; it must still decode.
+        let resent = format!(r#"{{"resend":true,{}"#, &live[1..]);
+        match ServerFrame::decode(&resent) {
+            Ok(ServerFrame::Message(m)) => assert!(m.resend && m.seq == 3),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -601,6 +601,15 @@ impl Store for RedisStore {
             .collect())
     }
 
+    async fn oldest(&self, stream: &StreamKey) -> Result<Option<u64>> {
+        const W: &str = "oldest";
+        // The lowest-scored entry is the oldest; the log holds one epoch.
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(self.keys.log(stream)).arg(0).arg(0);
+        let members = array(W, self.redis.query(W, &cmd).await?)?;
+        Ok(decode_log(W, members).first().map(|m| m.seq))
+    }
+
     async fn history(
         &self,
         room: &RoomId,
@@ -776,13 +785,48 @@ impl Store for RedisStore {
         Ok(members)
     }
 
+    async fn online(&self, room: &RoomId) -> Result<Vec<UserId>> {
+        const W: &str = "online";
+        // Presence expiries are Redis time: read the clock with the set, in one transaction.
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("TIME")
+            .cmd("ZRANGE")
+            .arg(self.keys.room_online(room))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES");
+        let mut it = self.redis.pipeline(W, &pipe).await?.into_iter();
+        let now = time_ms(next(W, &mut it)?)?;
+        let mut entries = array(W, next(W, &mut it)?)?.into_iter();
+        let mut online = Vec::new();
+        while let Some(user) = entries.next() {
+            let user = reply::string(W, user)?;
+            let expiry = reply::string(W, next(W, &mut entries)?)?;
+            let live = expiry.parse::<f64>().is_ok_and(|e| e > now as f64);
+            match UserId::new(user.as_str()) {
+                Ok(user) if live => online.push(user),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%room, %user, error = %e, "skipping an invalid user id"),
+            }
+        }
+        online.sort();
+        Ok(online)
+    }
+
     async fn ping(&self) -> Result<()> {
         const W: &str = "ping";
-        let pong = reply::string(W, self.redis.ping_exclusive(W).await?)?;
-        if pong == "PONG" {
+        // Through the shared connection every command uses (a stale one left by a Redis restart
+        // fails here, is replaced, and the node is ready only once commands work again) and
+        // through a fresh one (Redis accepts connections).
+        let shared = reply::string(W, self.redis.query(W, &redis::cmd("PING")).await?)?;
+        let fresh = reply::string(W, self.redis.ping_exclusive(W).await?)?;
+        if shared == "PONG" && fresh == "PONG" {
             Ok(())
         } else {
-            Err(BackendError::Corrupt(format!("PING answered {pong:?}")))
+            Err(BackendError::Corrupt(format!(
+                "PING answered {shared:?}, {fresh:?}"
+            )))
         }
     }
 }

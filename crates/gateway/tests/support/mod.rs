@@ -40,7 +40,15 @@ impl Harness {
 
     /// The same, with the broker wrapped by `wrap` (to hold a call at a chosen moment).
     pub fn with_broker(wrap: impl FnOnce(Arc<dyn Broker>) -> Arc<dyn Broker>) -> Self {
-        let settings = Settings::defaults().expect("defaults");
+        Self::with(Settings::defaults().expect("defaults"), wrap)
+    }
+
+    /// A node with `settings` (defaults changed by the test).
+    pub fn with_settings(settings: Settings) -> Self {
+        Self::with(settings, |broker| broker)
+    }
+
+    fn with(settings: Settings, wrap: impl FnOnce(Arc<dyn Broker>) -> Arc<dyn Broker>) -> Self {
         let backend = memory::open(MemoryConfig {
             history_per_room: settings.history.per_room,
         });
@@ -87,7 +95,7 @@ impl Conn {
         let mut frames = Vec::new();
         for reply in replies {
             if let Some(mark) = &reply.mark {
-                self.session.on_delivered(mark);
+                self.session.on_written(mark, &reply.text);
             }
             frames.push(ServerFrame::decode(reply.text.as_str()).expect("server frame"));
         }
@@ -103,7 +111,7 @@ impl Conn {
         match item {
             Outbound::Frame { text, mark, .. } => {
                 if let Some(mark) = mark {
-                    self.session.on_delivered(&mark);
+                    self.session.on_written(&mark, &text);
                 }
                 ServerFrame::decode(text.as_str()).expect("server frame")
             }
