@@ -1,5 +1,5 @@
 //! `chatctl` against a live local cluster (`deploy/local-cluster`): a room's state, a user's
-//! cursors and unread counts, the nodes, JSON output, and the honest `token` answer.
+//! cursors and unread counts, the nodes, JSON output, and `token`.
 
 use std::process::{Command, Output};
 
@@ -140,7 +140,17 @@ async fn chatctl_shows_a_live_rooms_state() {
         "{table}"
     );
 
+    // Without the secret: a clear refusal; with it, a token (three base64url parts).
     let token = chatctl(&cluster, &["token", "alice"]);
     assert_eq!(token.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&token.stderr).contains("not available until auth.mode=jwt"));
+    assert!(String::from_utf8_lossy(&token.stderr).contains("auth.secret"));
+    let token = chatctl(&cluster, &["token", "alice", "--secret", "s3cret"]);
+    assert!(token.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&token.stdout)
+            .trim()
+            .split('.')
+            .count(),
+        3
+    );
 }

@@ -5,7 +5,8 @@
 //! - `chatctl user USER`: a user's rooms, read cursors, unread (offline) messages per room, inbox.
 //! - `chatctl nodes`: live gateways, their connections and presence lease age.
 //! - `chatctl chat ...`: the terminal chat client (`chat-cli`'s library, same options).
-//! - `chatctl token`: not available until the gateway has `auth.mode=jwt`.
+//! - `chatctl token USER [--name N] [--ttl-secs S] [--rooms a,b*] --secret S`: a development token
+//!   (HS256) for a gateway with `auth.mode = "jwt"` (the secret also from `CHAT__AUTH__SECRET`).
 //!
 //! It reads through a gateway's HTTP API where one exists (`--url`, nginx or any gateway) and
 //! otherwise straight from Redis (`--redis`), read-only, with the keys documented in
@@ -73,11 +74,22 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         gateways: Vec<String>,
     },
-    /// Issue tokens: not available until the gateway has `auth.mode=jwt`.
+    /// Prints a development token (HS256) for a gateway with `auth.mode = "jwt"`.
     Token {
-        /// Ignored.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        rest: Vec<String>,
+        /// The user id (`sub`).
+        user: String,
+        /// The display name (`name`); default: the user id.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+        /// Rooms the token may join (ids or `prefix*`), comma-separated; none: any room.
+        #[arg(long, value_delimiter = ',')]
+        rooms: Vec<String>,
+        /// The gateway's `auth.secret`.
+        #[arg(long, env = "CHAT__AUTH__SECRET", hide_env_values = true)]
+        secret: Option<String>,
     },
     /// The terminal chat client (the same as `chat-cli`).
     Chat(chat_cli::Args),
@@ -97,12 +109,46 @@ async fn main() -> ExitCode {
             chat_cli::run(args).await;
             return ExitCode::SUCCESS;
         }
-        Command::Token { .. } => {
-            eprintln!(
-                "chatctl token: not available until auth.mode=jwt exists; the gateway trusts the \
-                 userId a client sends (see docs/protocol.md)"
-            );
-            return ExitCode::from(2);
+        Command::Token {
+            user,
+            name,
+            ttl_secs,
+            rooms,
+            secret,
+        } => {
+            let Some(secret) = secret.as_deref().filter(|s| !s.is_empty()) else {
+                eprintln!(
+                    "chatctl token: give the gateway's auth.secret (--secret or CHAT__AUTH__SECRET)"
+                );
+                return ExitCode::from(2);
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let mut claims = serde_json::json!({
+                "sub": user,
+                "name": name.as_deref().unwrap_or(user),
+                "iat": now,
+                "exp": now + ttl_secs,
+            });
+            if !rooms.is_empty() {
+                claims["rooms"] = serde_json::json!(rooms);
+            }
+            return match jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            ) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("chatctl token: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Command::Rooms => rooms(&cli).await,
         Command::Room { room, tail } => room_view(&cli, room, *tail).await,
