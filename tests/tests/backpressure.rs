@@ -10,7 +10,9 @@ use chat_tests::{Gateway, RawClient};
 async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     let gw = Gateway::start(&[
         ("CHAT__LIMITS__MAX_CONTENT_BYTES", "60000"),
-        ("CHAT__LIMITS__OUTBOUND_QUEUE", "8"),
+        // Enough that a reading client rides out a scheduling stall, far too little for the stuck
+        // one: 32 frames of 60 KB against the ~24 MB posted.
+        ("CHAT__LIMITS__OUTBOUND_QUEUE", "32"),
         // The stuck client is cut when its queue fills; the write timeout only has to stay longer
         // than any stall of the (reading) poster on a busy machine.
         ("CHAT__LIMITS__WRITE_TIMEOUT_SECS", "8"),
