@@ -3,15 +3,12 @@
 //! nodes on one Redis shared with protocol v1 clients — plus hostile input. The classic page itself
 //! runs in headless Chromium in `tests/web/legacy.test.mjs`, started from here.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_tests::chat_protocol::ServerFrame;
+use chat_tests::node::run_node_tests;
 use chat_tests::serde_json::{self, Value, json};
-use chat_tests::{
-    Gateway, RedisServer, default_timeout, gateway_bin, target_dir, wait_until, workspace_root,
-};
+use chat_tests::{Gateway, RedisServer, default_timeout, wait_until};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -577,88 +574,16 @@ async fn slash_is_still_the_page_without_an_upgrade_and_ws_stays_v1() {
     v1.login("1", "ann", "Ann").await;
 }
 
-/// `npm ci` when node_modules is missing or older than the lock file (as `tests/tests/web.rs`).
-fn npm_ci(dir: &Path) {
-    let lock = dir.join("package-lock.json");
-    let installed = dir.join("node_modules").join(".package-lock.json");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(installed), Some(lock)) = (modified(&installed), modified(&lock))
-        && installed >= lock
-    {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .status()
-        .expect("run npm ci");
-    assert!(status.success(), "npm ci in {} failed", dir.display());
-}
-
 /// The classic tutorial page (`tests/legacy-page/index.html`, unchanged tutorial client code)
 /// in headless Chromium against real gateways: `tests/web/legacy.test.mjs`. Needs Node 20+, npm
 /// and Debian's `chromium`, like `tests/tests/web.rs`.
 #[tokio::test]
 async fn the_classic_page_chats_through_the_gateway_in_a_browser() {
-    let dir = workspace_root().join("tests").join("web");
-    for (program, hint) in [
-        ("node", "install Node.js 20+"),
-        ("npm", "install npm"),
-        ("chromium", "apt-get install -y chromium"),
-    ] {
-        let ok = Command::new(program)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "`{program}` is required for the classic page test: {hint}"
-        );
-    }
-    npm_ci(&dir);
-    let bin = tokio::task::spawn_blocking(gateway_bin)
-        .await
-        .expect("gateway build");
-    let artifacts = target_dir().join("web-artifacts");
-    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
-    let log = artifacts.join("legacy-node-test.log");
-    let out = std::fs::File::create(&log).expect("log file");
-    let mut child = Command::new("node")
-        .args([
-            "--test",
-            "--test-concurrency=1",
-            "--test-timeout=600000",
-            "legacy.test.mjs",
-        ])
-        .current_dir(&dir)
-        .env("CHAT_GATEWAY_BIN", &bin)
-        .env("CHAT_WEB_ARTIFACTS", &artifacts)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone().expect("clone")))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("start node --test");
-    let mut status = None;
     // A few browser scenarios take well under a minute; ten is a hang, not a slow machine.
-    wait_until(Duration::from_secs(10 * 60), || {
-        status = child.try_wait().ok().flatten();
-        std::future::ready(status.is_some())
-    })
+    run_node_tests(
+        &["legacy.test.mjs"],
+        "legacy-node-test.log",
+        Duration::from_secs(10 * 60),
+    )
     .await;
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let output = std::fs::read_to_string(&log).unwrap_or_default();
-    let tail: Vec<&str> = output.lines().rev().take(120).collect();
-    let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "node --test legacy.test.mjs failed ({status:?}); output ({}):\n{tail}",
-        log.display()
-    );
-    println!("{tail}");
 }

@@ -3,11 +3,10 @@
 //! gateways, a Redis cluster and nginx — run as a child process so `cargo test --workspace` covers
 //! them. They need Node 20+ with npm and Debian's `chromium`; `.ci/run` installs both.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chat_tests::{Gateway, gateway_bin, target_dir, wait_until, workspace_root};
+use chat_tests::Gateway;
+use chat_tests::node::run_node_tests;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -138,101 +137,13 @@ fn serde_json_array(items: &[&str]) -> chat_tests::serde_json::Value {
     )
 }
 
-fn require(program: &str, args: &[&str], hint: &str) {
-    let ok = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "`{program}` is required for the web tests: {hint}");
-}
-
-/// `npm ci` when node_modules is missing or older than the lock file.
-fn npm_ci(dir: &Path) {
-    let lock = dir.join("package-lock.json");
-    let installed = dir.join("node_modules").join(".package-lock.json");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let fresh = match (modified(&installed), modified(&lock)) {
-        (Some(installed), Some(lock)) => installed >= lock,
-        _ => false,
-    };
-    if fresh {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .status()
-        .expect("run npm ci");
-    assert!(status.success(), "npm ci in {} failed", dir.display());
-}
-
 #[tokio::test]
 async fn javascript_client_and_browser_tests_pass() {
-    let dir = workspace_root().join("tests").join("web");
-    require(
-        "node",
-        &["--version"],
-        "install Node.js 20+ (apt-get install -y nodejs npm)",
-    );
-    require(
-        "npm",
-        &["--version"],
-        "install npm (apt-get install -y npm)",
-    );
-    require(
-        "chromium",
-        &["--version"],
-        "install Debian's chromium (apt-get install -y chromium); .ci/run does",
-    );
-    npm_ci(&dir);
-    let bin = tokio::task::spawn_blocking(gateway_bin)
-        .await
-        .expect("gateway build");
-    let artifacts = target_dir().join("web-artifacts");
-    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
-    let log = artifacts.join("node-test.log");
-    let out = std::fs::File::create(&log).expect("log file");
-    let mut child = Command::new("node")
-        .args([
-            "--test",
-            "--test-concurrency=1",
-            "--test-timeout=600000",
-            "client.test.mjs",
-            "deflate.test.mjs",
-            "browser.test.mjs",
-        ])
-        .current_dir(&dir)
-        .env("CHAT_GATEWAY_BIN", &bin)
-        .env("CHAT_WEB_ARTIFACTS", &artifacts)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone().expect("clone")))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("start node --test");
-    let started = Instant::now();
-    let mut status = None;
     // The whole JavaScript suite takes a minute or two; twenty is a hang, not a slow machine.
-    wait_until(Duration::from_secs(20 * 60), || {
-        status = child.try_wait().ok().flatten();
-        std::future::ready(status.is_some())
-    })
+    run_node_tests(
+        &["client.test.mjs", "deflate.test.mjs", "browser.test.mjs"],
+        "node-test.log",
+        Duration::from_secs(20 * 60),
+    )
     .await;
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let output = std::fs::read_to_string(&log).unwrap_or_default();
-    let tail: Vec<&str> = output.lines().rev().take(120).collect();
-    let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "node --test failed ({status:?}) after {:?}; screenshots and logs in {}; output ({}):\n{tail}",
-        started.elapsed(),
-        artifacts.display(),
-        log.display()
-    );
-    println!("{tail}");
 }

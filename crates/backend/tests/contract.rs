@@ -23,7 +23,7 @@ where
         history_per_room: CAP,
     }))
     .await;
-    let server = RedisServer::start();
+    let server = RedisServer::start().await;
     let mut cfg = config(&server, "n1");
     cfg.history_per_room = CAP;
     bounded(check(open(cfg).await)).await;

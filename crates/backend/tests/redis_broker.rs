@@ -27,7 +27,7 @@ fn message_on(
 #[tokio::test]
 async fn two_nodes_see_each_others_posts_notices_and_direct_messages() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut a = open(config(&server, "node-a")).await;
         let mut b = open(config(&server, "node-b")).await;
         let r = room("r");
@@ -141,7 +141,7 @@ async fn two_nodes_see_each_others_posts_notices_and_direct_messages() {
 #[tokio::test]
 async fn killed_pubsub_connection_reconnects_resubscribes_and_announces_it() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut a = open(config(&server, "node-a")).await;
         let b = open(config(&server, "node-b")).await;
         let r = room("r");
@@ -205,8 +205,8 @@ async fn killed_pubsub_connection_reconnects_resubscribes_and_announces_it() {
 #[tokio::test]
 async fn redis_restart_fails_fast_then_recovers_with_a_new_epoch() {
     bounded(async {
-        let mut server = RedisServer::start();
-        let port = server.port;
+        let mut server = RedisServer::start().await;
+        let port = server.port();
         let mut cfg = config(&server, "node-a");
         cfg.command_timeout_ms = 500;
         let mut a = open(cfg).await;
@@ -217,7 +217,7 @@ async fn redis_restart_fails_fast_then_recovers_with_a_new_epoch() {
         let before = a.store.post(&r, &draft("ann", "two")).await.expect("post");
         assert_eq!(before.seq, 2);
 
-        server.kill();
+        server.kill9();
 
         // Every kind of call fails fast with Unavailable while Redis is down.
         let unavailable = |what: &str, started: Instant, res: Result<(), BackendError>| {
@@ -253,7 +253,7 @@ async fn redis_restart_fails_fast_then_recovers_with_a_new_epoch() {
         }
 
         // Same port, empty data set (no persistence): the backend recovers by itself.
-        let _server = RedisServer::start_on(port);
+        let _server = RedisServer::start_on_port(port).await;
         eventually("the store to answer again", || async {
             a.store.ping().await.ok()
         })
@@ -287,7 +287,7 @@ async fn redis_restart_fails_fast_then_recovers_with_a_new_epoch() {
 #[tokio::test]
 async fn frozen_redis_times_out_instead_of_hanging_then_recovers() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut cfg = config(&server, "node-a");
         cfg.command_timeout_ms = 500;
         let mut a = open(cfg).await;
@@ -363,7 +363,7 @@ async fn opens_without_redis_and_connects_when_it_appears_but_rejects_bad_config
         assert!(t.elapsed() < FAIL_FAST, "calls took {:?}", t.elapsed());
 
         // Redis appears: commands work, and the pub/sub connection comes up by itself.
-        let server = RedisServer::start_on(port);
+        let server = RedisServer::start_on_port(port).await;
         expect_event(&mut backend.events, "Resubscribed", |e| {
             matches!(e, BrokerEvent::Resubscribed).then_some(())
         })

@@ -15,7 +15,7 @@ use redis_support::*;
 #[tokio::test]
 async fn post_assigns_contiguous_seqs_and_publishes_parsable_frames() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut backend = open(config(&server, "n1")).await;
         let lobby = room("lobby");
         let stream = StreamKey::Room(lobby.clone());
@@ -75,7 +75,7 @@ async fn post_assigns_contiguous_seqs_and_publishes_parsable_frames() {
 #[tokio::test]
 async fn direct_messages_land_in_both_inboxes_once_for_self() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut backend = open(config(&server, "n1")).await;
         let ann = StreamKey::Inbox(user("ann"));
         let bob = StreamKey::Inbox(user("bob"));
@@ -133,7 +133,7 @@ async fn direct_messages_land_in_both_inboxes_once_for_self() {
 #[tokio::test]
 async fn range_and_history_paging_bounds_and_min_ts() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut cfg = config(&server, "n1");
         cfg.history_per_room = 5;
         let backend = open(cfg).await;
@@ -236,7 +236,7 @@ async fn range_and_history_paging_bounds_and_min_ts() {
 #[tokio::test]
 async fn cursors_never_move_backwards_and_need_membership() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let backend = open(config(&server, "n1")).await;
         let store = &backend.store;
         let r = room("r");
@@ -309,7 +309,7 @@ async fn cursors_never_move_backwards_and_need_membership() {
 #[tokio::test]
 async fn join_names_rooms_and_leave_removes_membership_presence_and_cursor() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let backend = open(config(&server, "n1")).await;
         let store = &backend.store;
         let r = room("r");
@@ -404,7 +404,7 @@ async fn join_names_rooms_and_leave_removes_membership_presence_and_cursor() {
 #[tokio::test]
 async fn presence_across_two_nodes() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let a = open(config(&server, "node-a")).await;
         let b = open(config(&server, "node-b")).await;
         let r = room("r");
@@ -487,7 +487,7 @@ fn expected(epoch: &str, texts: &[(u64, &str)]) -> Vec<(u64, String, String)> {
 #[tokio::test]
 async fn a_lost_meta_key_starts_a_new_epoch_with_a_clean_log() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut cfg = config(&server, "n1");
         cfg.history_per_room = 4;
         let backend = open(cfg).await;
@@ -600,7 +600,7 @@ async fn a_lost_meta_key_starts_a_new_epoch_with_a_clean_log() {
 #[tokio::test]
 async fn a_direct_message_from_an_inbox_with_a_damaged_seq_changes_and_publishes_nothing() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut backend = open(config(&server, "n1")).await;
         // Each of these passes a `^%d+$` check, but HINCRBY refuses it (leading zeros, overflow,
         // not a 64-bit integer) or the next seq is no longer exact as a Lua number or a score.
@@ -686,7 +686,7 @@ async fn a_direct_message_from_an_inbox_with_a_damaged_seq_changes_and_publishes
 #[tokio::test]
 async fn a_reused_client_msg_id_with_other_content_is_flagged_and_stored_nowhere() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut backend = open(config(&server, "n1")).await;
         let r = room("r");
         let (ann, bob) = (user("ann"), user("bob"));
@@ -788,7 +788,7 @@ async fn a_reused_client_msg_id_with_other_content_is_flagged_and_stored_nowhere
 #[tokio::test]
 async fn expired_presence_is_reaped_exactly_once_when_a_node_stops_refreshing() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut cfg_a = config(&server, "node-a");
         cfg_a.presence_lease_ms = 1000;
         let mut cfg_b = config(&server, "node-b");
@@ -882,7 +882,7 @@ async fn expired_presence_is_reaped_exactly_once_when_a_node_stops_refreshing() 
 #[tokio::test]
 async fn refresh_restores_what_a_flush_lost_for_connected_users() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let a = open(config(&server, "node-a")).await;
         let r = room("r");
         let ann = user("ann");
@@ -925,7 +925,7 @@ async fn refresh_restores_what_a_flush_lost_for_connected_users() {
 #[tokio::test]
 async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let backend = open(config(&server, "n1")).await;
         let store = &backend.store;
         let r = room("r");
@@ -1097,7 +1097,7 @@ async fn hostile_data_is_corrupt_or_skipped_never_a_panic() {
 #[tokio::test]
 async fn a_retried_post_with_the_same_client_msg_id_is_stored_and_published_once() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut cfg = config(&server, "n1");
         cfg.history_per_room = 3;
         let mut backend = open(cfg).await;
@@ -1182,7 +1182,7 @@ async fn a_retried_post_with_the_same_client_msg_id_is_stored_and_published_once
 #[tokio::test]
 async fn a_retried_direct_message_is_stored_and_published_once() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut backend = open(config(&server, "n1")).await;
         let (ann, bob) = (user("ann"), user("bob"));
         for who in [&ann, &bob] {
@@ -1242,7 +1242,7 @@ async fn a_retried_direct_message_is_stored_and_published_once() {
 #[tokio::test]
 async fn cursors_carry_their_epoch() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let backend = open(config(&server, "n1")).await;
         let store = &backend.store;
         let r = room("r");
@@ -1317,7 +1317,7 @@ async fn cursors_carry_their_epoch() {
 #[tokio::test]
 async fn a_refresh_does_not_restore_a_user_who_logged_out_after_the_vouched_join() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let a = open(config(&server, "node-a")).await;
         let r = room("r");
         let (ann, bob) = (user("ann"), user("bob"));
@@ -1364,7 +1364,7 @@ async fn a_refresh_does_not_restore_a_user_who_logged_out_after_the_vouched_join
 #[tokio::test]
 async fn presence_changes_take_increasing_presence_seqs() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let a = open(config(&server, "node-a")).await;
         let r = room("r");
         let ann = user("ann");
@@ -1396,7 +1396,7 @@ async fn presence_changes_take_increasing_presence_seqs() {
 #[tokio::test]
 async fn oldest_is_the_first_seq_history_still_holds() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let mut cfg = config(&server, "n1");
         cfg.history_per_room = 3;
         let backend = open(cfg).await;
@@ -1425,7 +1425,7 @@ async fn oldest_is_the_first_seq_history_still_holds() {
 #[tokio::test]
 async fn key_types_are_checked_on_first_post_and_again_after_a_failure() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let backend = open(config(&server, "n1")).await;
         let store = &backend.store;
         let r = room("r");
@@ -1455,7 +1455,7 @@ async fn key_types_are_checked_on_first_post_and_again_after_a_failure() {
 #[tokio::test]
 async fn cursors_advance_in_batches_with_the_same_rules() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let backend = open(config(&server, "n1")).await;
         let store = &backend.store;
         let (r, s) = (room("r"), room("s"));
@@ -1541,7 +1541,7 @@ async fn cursors_advance_in_batches_with_the_same_rules() {
 #[tokio::test]
 async fn a_refresh_skips_a_damaged_room_and_renews_the_others() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let a = open(config(&server, "node-a")).await;
         let (good, bad) = (room("good"), room("bad"));
         let ann = user("ann");
@@ -1581,7 +1581,7 @@ async fn a_refresh_skips_a_damaged_room_and_renews_the_others() {
 #[tokio::test]
 async fn online_lists_users_whose_presence_has_not_expired() {
     bounded(async {
-        let server = RedisServer::start();
+        let server = RedisServer::start().await;
         let a = open(config(&server, "node-a")).await;
         let r = room("r");
         for u in ["ann", "bob"] {

@@ -1,5 +1,6 @@
 //! Shared helpers of the Redis integration tests: a private `redis-server` per test (never the
-//! default port 6379), ids, drafts, and bounded waits.
+//! default port 6379; the fixture is `chat-testkit`'s, shared with the integration tests), ids,
+//! drafts, and bounded waits.
 //!
 //! Every wait has a deadline of several seconds and polls instead of asserting on tight timings,
 //! so the tests stay reliable on a slow, busy machine.
@@ -7,10 +8,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_backend::redis_backend::{self, RedisConfig};
 use chat_backend::{Backend, BrokerEvent, Draft, PresenceEntry};
@@ -22,123 +20,8 @@ pub const TEST_DEADLINE: Duration = Duration::from_secs(90);
 /// Upper bound of one wait inside a test.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// A `redis-server` child process on a free port, killed (and reaped) on drop.
-pub struct RedisServer {
-    child: Option<Child>,
-    /// The port it listens on (127.0.0.1).
-    pub port: u16,
-}
-
-impl RedisServer {
-    /// Starts a server on a free port with persistence disabled.
-    pub fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    /// Starts a server on `port` and waits until it answers PING.
-    pub fn start_on(port: u16) -> Self {
-        assert_ne!(port, 6379, "tests never touch the default Redis port");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let mut child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "no",
-                    "--loglevel",
-                    "warning",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be on PATH");
-            loop {
-                if ping(port) {
-                    return RedisServer {
-                        child: Some(child),
-                        port,
-                    };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    // Exited, e.g. the port was still held: try again until the deadline.
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("redis-server on port {port} did not answer PING in time");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {port} kept exiting"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// `redis://127.0.0.1:{port}/`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Sends a signal (`STOP`, `CONT`, ...) to the server process.
-    pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("server running").id();
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {pid} failed");
-    }
-
-    /// SIGKILLs the server (`kill -9`) and reaps it.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        // A stopped process ignores nothing but SIGKILL, which is what kill() sends.
-        self.kill();
-    }
-}
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// True when a Redis on `port` answers PING.
-fn ping(port: u16) -> bool {
-    let Ok(mut stream) =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
-    else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    let ok = matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"));
-    let _ = stream.shutdown(Shutdown::Both);
-    ok
-}
+#[allow(unused_imports)] // not every suite needs every helper
+pub use chat_testkit::{RedisServer, free_port};
 
 /// Test settings: short timeouts, given node id.
 pub fn config(server: &RedisServer, node: &str) -> RedisConfig {
