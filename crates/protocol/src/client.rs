@@ -63,6 +63,86 @@ pub enum ClientFrame {
     },
 }
 
+impl ClientFrame {
+    /// The frame as protocol v1 JSON, the form [`parse_client_frame`] reads back to an equal
+    /// frame (a `history` limit above the server's page is clamped there). Clients build their
+    /// frames with this instead of by hand.
+    pub fn to_json(&self) -> Value {
+        let mut obj = Map::new();
+        let mut put = |key: &str, value: Value| {
+            obj.insert(key.to_owned(), value);
+        };
+        match self {
+            ClientFrame::Login(login) => {
+                put("event", "login".into());
+                put("roomId", login.room_id.as_str().into());
+                put("userId", login.user_id.as_str().into());
+                put("userName", login.user_name.as_str().into());
+                if let Some(name) = &login.room_name {
+                    put("roomName", name.as_str().into());
+                }
+                if let Some(since) = login.since {
+                    put("since", since.into());
+                }
+                if let Some(epoch) = &login.epoch {
+                    put("epoch", epoch.as_str().into());
+                }
+            }
+            ClientFrame::Logout { room_id } => {
+                put("event", "logout".into());
+                put("roomId", room_id.as_str().into());
+            }
+            ClientFrame::Message(post) => {
+                put("event", "message".into());
+                match &post.target {
+                    Target::Room(room) => put("roomId", room.as_str().into()),
+                    Target::User(user) => put("toUserId", user.as_str().into()),
+                }
+                put("content", post.content.as_str().into());
+                if let Some(id) = &post.client_msg_id {
+                    put("clientMsgId", id.as_str().into());
+                }
+            }
+            ClientFrame::Ack { stream, seq, epoch } => {
+                put("event", "ack".into());
+                match stream {
+                    AckStream::Room(room) => put("roomId", room.as_str().into()),
+                    AckStream::Direct => put("direct", true.into()),
+                }
+                put("seq", (*seq).into());
+                if let Some(epoch) = epoch {
+                    put("epoch", epoch.as_str().into());
+                }
+            }
+            ClientFrame::History(request) => {
+                put("event", "history".into());
+                put("roomId", request.room_id.as_str().into());
+                if let Some(before) = request.before {
+                    put("before", before.into());
+                }
+                put("limit", request.limit.into());
+            }
+            ClientFrame::HeartBeat => put("event", "heartBeat".into()),
+            ClientFrame::Auth { token } => {
+                put("event", "auth".into());
+                put("token", token.as_str().into());
+            }
+        }
+        Value::Object(obj)
+    }
+
+    /// The frame as the text of one WebSocket message.
+    pub fn encode(&self) -> String {
+        self.to_json().to_string()
+    }
+}
+
+impl serde::Serialize for ClientFrame {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(serializer)
+    }
+}
+
 /// The fields of a `login` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginRequest {
