@@ -29,8 +29,12 @@ async fn a_user_with_many_connections_shares_one_post_bucket() {
     }
     for round in 0..10 {
         for (i, c) in ann.iter_mut().enumerate() {
-            c.post_with_id("shared", &format!("ann {i}.{round}"), &format!("a{i}-{round}"))
-                .await;
+            c.post_with_id(
+                "shared",
+                &format!("ann {i}.{round}"),
+                &format!("a{i}-{round}"),
+            )
+            .await;
         }
     }
     // Every connection gets an answer to each of its 10 posts: a `sent` or a `rate_limited`.
@@ -52,7 +56,10 @@ async fn a_user_with_many_connections_shares_one_post_bucket() {
         }
     }
     assert!(refused > 0, "no post refused: {accepted} accepted");
-    assert!(accepted >= 3, "the user's burst was not granted: {accepted}");
+    assert!(
+        accepted >= 3,
+        "the user's burst was not granted: {accepted}"
+    );
     assert!(accepted < 30, "the per-user bucket refused nothing");
 
     // Bob, another user in the room, is not affected, and ann's connections hear him.
