@@ -344,6 +344,7 @@ async fn opens_without_redis_and_connects_when_it_appears_but_rejects_bad_config
             history_per_room: 1000,
             cursor_ttl_secs: 3600,
             pool_size: 4,
+            tls_ca_file: String::new(),
             command_timeout_ms: 500,
         };
         let t = Instant::now();

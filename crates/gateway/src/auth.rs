@@ -4,12 +4,15 @@
 //! says. In `jwt` mode identity comes only from a verified token: `sub` is the userId, `name` the
 //! userName, and an optional `rooms` claim (ids or `prefix*` patterns) limits the rooms it may
 //! join. Tokens are HS256/384/512 with `auth.secret`, or RS256/384, ES256/384 and EdDSA with the
-//! PEM public key in `auth.public_key_file`; the token header's `alg` picks the key family, and a
-//! token whose `alg` does not match the configured key is refused (no algorithm confusion).
+//! PEM public key in `auth.public_key_file`, or with the key named by the token's `kid` in the
+//! identity provider's key set at `auth.jwks_url` ([`crate::jwks`]); the token header's `alg`
+//! picks the key family, and a token whose `alg` does not match the key is refused (no algorithm
+//! confusion).
 //!
 //! A token reaches the server with the upgrade (`?token=` or `Authorization: Bearer`) or as a
 //! first frame `{"event":"auth","token":"…"}`; the HTTP API takes `Authorization: Bearer`.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
@@ -18,6 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AuthSettings;
+use crate::jwks::Jwks;
 
 /// The claims this server reads (and `chat-gateway token` writes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +98,7 @@ pub struct AuthError(pub String);
 pub struct Verifier {
     hmac: Option<DecodingKey>,
     public: Option<(DecodingKey, KeyKind)>,
+    jwks: Option<Arc<Jwks>>,
     audience: String,
     issuer: String,
     leeway: u64,
@@ -141,12 +146,25 @@ impl Verifier {
             };
             Some(key)
         };
-        if hmac.is_none() && public.is_none() {
-            return Err("auth.mode = \"jwt\" needs auth.secret or auth.public_key_file".to_owned());
+        let jwks = if settings.jwks_url.is_empty() {
+            None
+        } else {
+            Some(Arc::new(Jwks::new(
+                &settings.jwks_url,
+                settings.jwks_refresh_secs,
+                settings.jwks_refresh_min_secs,
+            )?))
+        };
+        if hmac.is_none() && public.is_none() && jwks.is_none() {
+            return Err(
+                "auth.mode = \"jwt\" needs auth.secret, auth.public_key_file or auth.jwks_url"
+                    .to_owned(),
+            );
         }
         Ok(Some(Verifier {
             hmac,
             public,
+            jwks,
             audience: settings.audience.clone(),
             issuer: settings.issuer.clone(),
             leeway: settings.leeway_secs,
@@ -158,12 +176,45 @@ impl Verifier {
         Duration::from_secs(self.leeway)
     }
 
+    /// The JWKS cache, when `auth.jwks_url` is set: the node runs its [`Jwks::run`].
+    pub fn jwks(&self) -> Option<Arc<Jwks>> {
+        self.jwks.clone()
+    }
+
     /// Verifies `token`: signature, `exp` and `nbf` (with the leeway), `aud`/`iss` when
-    /// configured, and a `sub` that is a valid user id.
-    pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
+    /// configured, and a `sub` that is a valid user id. An asymmetric token with a `kid` is
+    /// checked with that key of the JWKS (when `auth.jwks_url` is set), which may fetch the set
+    /// again first (see [`crate::jwks`]).
+    pub async fn verify(&self, token: &str) -> Result<Grant, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError(format!("malformed token: {e}")))?;
-        let key = match header.alg {
+        let from_jwks;
+        let asymmetric = !matches!(
+            header.alg,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        );
+        let key = match (&self.jwks, &header.kid) {
+            (Some(jwks), Some(kid)) if asymmetric => {
+                from_jwks = jwks
+                    .key(kid, header.alg)
+                    .await
+                    .map_err(|e| AuthError(e.0))?;
+                Some(&from_jwks)
+            }
+            _ => self.static_key(header.alg),
+        }
+        .ok_or_else(|| {
+            AuthError(format!(
+                "tokens signed with {:?} are not accepted",
+                header.alg
+            ))
+        })?;
+        self.check(token, key, header.alg)
+    }
+
+    /// The configured secret or PEM key for `alg`.
+    fn static_key(&self, alg: Algorithm) -> Option<&DecodingKey> {
+        match alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
             Algorithm::RS256
             | Algorithm::RS384
@@ -174,13 +225,11 @@ impl Verifier {
             Algorithm::ES256 | Algorithm::ES384 => self.public_of(KeyKind::Ec),
             Algorithm::EdDSA => self.public_of(KeyKind::Ed),
         }
-        .ok_or_else(|| {
-            AuthError(format!(
-                "tokens signed with {:?} are not accepted",
-                header.alg
-            ))
-        })?;
-        let mut validation = Validation::new(header.alg);
+    }
+
+    /// Checks the signature with `key` and the claims.
+    fn check(&self, token: &str, key: &DecodingKey, alg: Algorithm) -> Result<Grant, AuthError> {
+        let mut validation = Validation::new(alg);
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -273,6 +322,9 @@ mod tests {
             issuer: String::new(),
             leeway_secs: 0,
             timeout_secs: 5,
+            jwks_url: String::new(),
+            jwks_refresh_secs: 300,
+            jwks_refresh_min_secs: 30,
         }
     }
 
@@ -289,23 +341,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn hs256_round_trip_and_rooms() {
+    #[tokio::test]
+    async fn hs256_round_trip_and_rooms() {
         let v = Verifier::from_settings(&settings("s3cret"))
             .expect("settings")
             .expect("jwt mode");
         let token = mint_hs256("s3cret", &claims("bob", now_secs() + 60)).expect("mint");
-        let grant = v.verify(&token).expect("valid");
+        let grant = v.verify(&token).await.expect("valid");
         assert_eq!(grant.user_id.as_str(), "bob");
         assert!(grant.allows(&RoomId::new("team-a").expect("id")));
         assert!(grant.allows(&RoomId::new("lobby").expect("id")));
         assert!(!grant.allows(&RoomId::new("lobby2").expect("id")));
         let wrong = mint_hs256("other", &claims("bob", now_secs() + 60)).expect("mint");
-        assert!(v.verify(&wrong).is_err());
+        assert!(v.verify(&wrong).await.is_err());
         let expired = mint_hs256("s3cret", &claims("bob", now_secs() - 10)).expect("mint");
-        assert!(v.verify(&expired).is_err());
+        assert!(v.verify(&expired).await.is_err());
         let bad_sub = mint_hs256("s3cret", &claims("a b", now_secs() + 60)).expect("mint");
-        assert!(v.verify(&bad_sub).is_err());
+        assert!(v.verify(&bad_sub).await.is_err());
     }
 
     #[test]

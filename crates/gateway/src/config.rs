@@ -72,6 +72,8 @@ pub struct LimitSettings {
     pub write_timeout_secs: u64,
     pub posts_per_second: u32,
     pub posts_burst: u32,
+    pub user_posts_per_second: u32,
+    pub user_posts_burst: u32,
     pub flood_close_after: u32,
     pub joins_per_second: u32,
     pub login_timeout_secs: u64,
@@ -133,6 +135,7 @@ pub struct RedisSettings {
     pub prefix: String,
     pub pool_size: usize,
     pub command_timeout_ms: u64,
+    pub tls_ca_file: String,
 }
 
 /// `[log]`
@@ -185,6 +188,9 @@ pub struct AuthSettings {
     pub issuer: String,
     pub leeway_secs: u64,
     pub timeout_secs: u64,
+    pub jwks_url: String,
+    pub jwks_refresh_secs: u64,
+    pub jwks_refresh_min_secs: u64,
 }
 
 /// `[tls]`: serve https:// and wss:// with these PEM files (see [`crate::tls`]).
@@ -307,10 +313,12 @@ impl Settings {
         }
         if self.limits.posts_per_second == 0
             || self.limits.posts_burst == 0
+            || self.limits.user_posts_per_second == 0
+            || self.limits.user_posts_burst == 0
             || self.limits.joins_per_second == 0
         {
             return invalid(
-                "limits.posts_per_second, limits.posts_burst and limits.joins_per_second must be positive",
+                "limits.posts_per_second, limits.posts_burst, limits.user_posts_per_second, limits.user_posts_burst and limits.joins_per_second must be positive",
             );
         }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {

@@ -63,13 +63,13 @@ async fn upgrade(
     let ip = peer
         .map(|axum::Extension(info)| info.0.ip())
         .or_else(|| tls_peer.map(|axum::Extension(info)| info.0.0.ip()));
-    accept_checked(node, upgrade, false, &headers, &uri, ip)
+    accept_checked(node, upgrade, false, &headers, &uri, ip).await
 }
 
 /// [`accept`] after the checks of hostile clients: the browser origin (403) and, in
 /// `auth.mode = "jwt"`, a token sent with the upgrade (401 when invalid; none: the client must
 /// send an `auth` frame within `auth.timeout_secs`).
-pub(crate) fn accept_checked(
+pub(crate) async fn accept_checked(
     node: Arc<Node>,
     upgrade: WsUpgrade,
     legacy: bool,
@@ -88,7 +88,7 @@ pub(crate) fn accept_checked(
     if let Some(verifier) = &node.auth
         && let Some(token) = crate::auth::token_of(headers, uri.query())
     {
-        match verifier.verify(&token) {
+        match verifier.verify(&token).await {
             Ok(g) => grant = Some(g),
             Err(e) => return api_error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, &e.0),
         }
@@ -175,7 +175,10 @@ const DEFAULT_ROOMS_PAGE: usize = 100;
 /// valid one). `Ok(None)` in `off` mode.
 // The error is the finished response, built once per refused request: boxing it buys nothing.
 #[allow(clippy::result_large_err)]
-fn http_grant(node: &Node, headers: &HeaderMap) -> Result<Option<crate::auth::Grant>, Response> {
+async fn http_grant(
+    node: &Node,
+    headers: &HeaderMap,
+) -> Result<Option<crate::auth::Grant>, Response> {
     let Some(verifier) = &node.auth else {
         return Ok(None);
     };
@@ -188,6 +191,7 @@ fn http_grant(node: &Node, headers: &HeaderMap) -> Result<Option<crate::auth::Gr
     };
     verifier
         .verify(&token)
+        .await
         .map(Some)
         .map_err(|e| api_error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, &e.0))
 }
@@ -223,7 +227,7 @@ async fn rooms(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(response) = http_grant(&node, &headers) {
+    if let Err(response) = http_grant(&node, &headers).await {
         return response;
     }
     let limit = match query.get("limit").map(|s| s.parse::<usize>()) {
@@ -257,7 +261,7 @@ async fn messages(
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let grant = match http_grant(&node, &headers) {
+    let grant = match http_grant(&node, &headers).await {
         Ok(grant) => grant,
         Err(response) => return response,
     };
@@ -315,7 +319,7 @@ async fn members(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let grant = match http_grant(&node, &headers) {
+    let grant = match http_grant(&node, &headers).await {
         Ok(grant) => grant,
         Err(response) => return response,
     };

@@ -1,7 +1,8 @@
 //! The chat gateway node.
 //!
 //! - [`auth`]: JWT verification (`auth.mode = "jwt"`): who a client is and which rooms it may join.
-//! - [`limits`]: token buckets for posts and joins, origin checks.
+//! - [`jwks`]: the identity provider's signing keys from `auth.jwks_url`, cached and refreshed.
+//! - [`limits`]: token buckets for posts (per connection and per user) and joins, origin checks.
 //! - [`config`]: settings (`config/default.toml`, `--config FILE`, `CHAT__SECTION__KEY`).
 //! - [`node`]: what all sessions of a node share.
 //! - [`cursors`]: acknowledged read positions, written to the store in batches.
@@ -31,6 +32,7 @@ pub mod delivery;
 pub mod drain;
 pub mod http;
 pub mod hub;
+pub mod jwks;
 pub mod legacy;
 pub mod limits;
 pub mod membership;
@@ -69,6 +71,7 @@ pub async fn open_backend(settings: &Settings, node_id: &str) -> Result<Backend,
     }
     let config = chat_backend::redis_backend::RedisConfig {
         url: settings.redis.url.clone(),
+        tls_ca_file: settings.redis.tls_ca_file.clone(),
         prefix: settings.redis.prefix.clone(),
         node_id: node_id.to_owned(),
         presence_lease_ms: settings.presence.ttl_secs * 1000 / 2,
@@ -116,6 +119,9 @@ pub async fn run(
     );
     background.spawn(presence::run(node.clone()));
     background.spawn(flush_cursors(node.clone()));
+    if let Some(jwks) = node.auth.as_ref().and_then(|auth| auth.jwks()) {
+        background.spawn(jwks.run(node.shutdown.clone()));
+    }
     background.close();
     let draining = {
         let node = node.clone();

@@ -1,5 +1,6 @@
-//! Limits on what one client can make the server do: token buckets for posts and joins, and the
-//! browser origin check of the WebSocket upgrade.
+//! Limits on what one client can make the server do: token buckets for posts and joins (per
+//! connection, and for posts also per user on this node), and the browser origin check of the
+//! WebSocket upgrade.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -107,6 +108,75 @@ impl TokenBucket {
     }
 }
 
+/// Post buckets shared by all connections of one user on this node. An entry lives exactly as
+/// long as some connection of its user holds a [`UserBucket`], so memory is bounded by the open
+/// connections (themselves capped by `limits.max_connections`).
+#[derive(Debug, Default)]
+pub struct UserBuckets {
+    buckets: Mutex<HashMap<String, (usize, Arc<Mutex<TokenBucket>>)>>,
+}
+
+/// One connection's share of its user's bucket; the entry is freed with the last share.
+#[derive(Debug)]
+pub struct UserBucket {
+    owner: Arc<UserBuckets>,
+    user: String,
+    bucket: Arc<Mutex<TokenBucket>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl UserBuckets {
+    /// A share of `user`'s bucket, created full (`rate` per second, `burst`) if the user has no
+    /// other connection here.
+    pub fn join(self: &Arc<Self>, user: &str, rate: u32, burst: u32) -> UserBucket {
+        let mut buckets = lock(&self.buckets);
+        let entry = buckets
+            .entry(user.to_owned())
+            .or_insert_with(|| (0, Arc::new(Mutex::new(TokenBucket::new(rate, burst)))));
+        entry.0 += 1;
+        UserBucket {
+            owner: self.clone(),
+            user: user.to_owned(),
+            bucket: entry.1.clone(),
+        }
+    }
+
+    /// Users with a bucket (for tests).
+    pub fn len(&self) -> usize {
+        lock(&self.buckets).len()
+    }
+
+    /// No user has a bucket.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl UserBucket {
+    /// Takes a token from the user's bucket; see [`TokenBucket::take`].
+    pub fn take(&self) -> Result<(), Duration> {
+        lock(&self.bucket).take()
+    }
+}
+
+impl Drop for UserBucket {
+    fn drop(&mut self) {
+        let mut buckets = lock(&self.owner.buckets);
+        if let Some(entry) = buckets.get_mut(&self.user) {
+            entry.0 = entry.0.saturating_sub(1);
+            if entry.0 == 0 {
+                buckets.remove(&self.user);
+            }
+        }
+    }
+}
+
 /// May a browser page from the request's `Origin` open a WebSocket? No `Origin`: not a browser
 /// page, allowed. Else it must be in `allowed`, or (when `allowed` is empty) name the same host
 /// as the request's `Host` header: that stops another site's page from using a visitor's
@@ -159,6 +229,24 @@ mod tests {
         }
         let wait = bucket.take().expect_err("empty");
         assert!(wait <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn connections_of_a_user_share_one_bucket_freed_with_the_last() {
+        let buckets = Arc::new(UserBuckets::default());
+        let a = buckets.join("ann", 1, 2);
+        let b = buckets.join("ann", 1, 2);
+        let other = buckets.join("bob", 1, 2);
+        assert!(a.take().is_ok());
+        assert!(b.take().is_ok());
+        assert!(a.take().is_err(), "the burst is shared");
+        assert!(other.take().is_ok(), "another user has their own");
+        assert_eq!(buckets.len(), 2);
+        drop(a);
+        assert_eq!(buckets.len(), 2, "b still holds ann's bucket");
+        drop(b);
+        drop(other);
+        assert!(buckets.is_empty(), "freed with the last connection");
     }
 
     #[test]

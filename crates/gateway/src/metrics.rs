@@ -145,6 +145,14 @@ fn describe() {
         "chat_redis_errors_total",
         "Redis calls that failed, by script or command (what)"
     );
+    describe_counter!(
+        "chat_jwks_fetches_total",
+        "Fetches of the JWK set at auth.jwks_url (startup, periodic, unknown kid)"
+    );
+    describe_counter!(
+        "chat_jwks_fetch_failures_total",
+        "JWK set fetches that failed (the last good set stays in use)"
+    );
 }
 
 /// Handles of the counters bumped per frame, registered once: the facade's `counter!` looks the

@@ -56,6 +56,8 @@ pub struct Node {
     pub auth: Option<Arc<crate::auth::Verifier>>,
     /// Open WebSocket connections per client IP and in total.
     pub gate: Arc<crate::limits::ConnectionGate>,
+    /// Post buckets per user on this node (`limits.user_posts_per_second`).
+    pub user_posts: Arc<crate::limits::UserBuckets>,
 }
 
 impl Node {
@@ -84,6 +86,7 @@ impl Node {
         Arc::new(Node {
             auth,
             gate: Arc::default(),
+            user_posts: Arc::default(),
             id,
             limits,
             hub: Hub::new(store.clone(), broker.clone()),

@@ -51,7 +51,7 @@ use crate::auth::Grant;
 use crate::delivery::{self, Due, Tracker};
 use crate::hub::{Attached, ConnHandle, Mark};
 use crate::legacy::{self, Edge};
-use crate::limits::TokenBucket;
+use crate::limits::{TokenBucket, UserBucket};
 use crate::membership::JoinVerdict;
 use crate::node::Node;
 
@@ -138,6 +138,9 @@ pub struct Session {
     /// True once a `login` succeeded: the login timeout no longer applies.
     ever_joined: bool,
     posts: TokenBucket,
+    /// The post bucket this connection shares with its user's other connections on this node;
+    /// taken at the first login (when the user is known), released when the session ends.
+    user_posts: Option<UserBucket>,
     joins: TokenBucket,
     /// Posts refused by the rate limit in a row; past `limits.flood_close_after` the driver closes.
     refused_in_a_row: u32,
@@ -205,6 +208,7 @@ impl Session {
             opened: Instant::now(),
             ever_joined: false,
             posts: TokenBucket::new(node_limits_posts(&node).0, node_limits_posts(&node).1),
+            user_posts: None,
             joins: TokenBucket::new(
                 node.settings.limits.joins_per_second,
                 node.settings.limits.joins_per_second.max(
@@ -279,14 +283,14 @@ impl Session {
 
     /// An `auth` frame: authenticate, or extend the connection with a fresh token of the same
     /// user.
-    fn authenticate(&mut self, token: &str) -> Result<(), ProtocolError> {
+    async fn authenticate(&mut self, token: &str) -> Result<(), ProtocolError> {
         let Some(verifier) = self.node.auth.clone() else {
             return Err(ProtocolError::new(
                 ErrorCode::BadField,
                 "this server does not use tokens (auth.mode = off)",
             ));
         };
-        match verifier.verify(token) {
+        match verifier.verify(token).await {
             Ok(grant) => {
                 if let Some(current) = &self.grant
                     && current.user_id != grant.user_id
@@ -318,7 +322,13 @@ impl Session {
     /// Applies the post rate limit; past `limits.flood_close_after` refusals in a row, asks the
     /// driver to close with 1008.
     fn rate_limit_post(&mut self) -> Result<(), ProtocolError> {
-        match self.posts.take() {
+        // The user's bucket is asked only when the connection's own has a token, so a refused
+        // post does not also drain what the user's other connections share.
+        let taken = self.posts.take().and_then(|()| match &self.user_posts {
+            Some(user) => user.take(),
+            None => Ok(()),
+        });
+        match taken {
             Ok(()) => {
                 self.refused_in_a_row = 0;
                 Ok(())
@@ -448,7 +458,7 @@ impl Session {
             // Nothing but a token is acted on before the connection is authenticated.
             if let Ok(ClientFrame::Auth { token }) = &parsed {
                 let token = token.clone();
-                if let Err(e) = self.authenticate(&token) {
+                if let Err(e) = self.authenticate(&token).await {
                     self.reply_error(e);
                 }
             } else {
@@ -464,7 +474,7 @@ impl Session {
             Err(e) => return self.reply_error(e),
         };
         let result = match frame {
-            ClientFrame::Auth { token } => self.authenticate(&token),
+            ClientFrame::Auth { token } => self.authenticate(&token).await,
             ClientFrame::Login(login) => self.login(login).await,
             ClientFrame::Logout { room_id } => self.logout(room_id).await,
             ClientFrame::Message(post) => {
@@ -753,6 +763,12 @@ impl Session {
                 id: req.user_id.clone(),
                 name: req.user_name.clone(),
             });
+            let limits = &self.node.settings.limits;
+            self.user_posts = Some(self.node.user_posts.join(
+                req.user_id.as_str(),
+                limits.user_posts_per_second,
+                limits.user_posts_burst,
+            ));
         }
         if let Some(edge) = &mut self.legacy {
             edge.joined(&req.room_id, &outcome);

@@ -126,7 +126,7 @@ async fn root(
         .map(|axum::Extension(info)| info.0.ip())
         .or_else(|| tls_peer.map(|axum::Extension(info)| info.0.0.ip()));
     match upgrade {
-        Ok(upgrade) => crate::http::accept_checked(node, upgrade, true, &headers, &uri, ip),
+        Ok(upgrade) => crate::http::accept_checked(node, upgrade, true, &headers, &uri, ip).await,
         Err(rejection) if wants_websocket(&headers) => rejection.into_response(),
         Err(_) => page(headers).await,
     }

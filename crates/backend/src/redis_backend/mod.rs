@@ -42,8 +42,13 @@ use self::scripts::Scripts;
 /// from its settings, whose defaults live only in `config/default.toml`.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://` when TLS is compiled in).
+    /// `redis://[[user]:password@]host:port[/db]`, or `rediss://…` for TLS. The credentials are
+    /// used by every connection (commands, the pool and pub/sub) and never logged: see
+    /// [`redacted_url`].
     pub url: String,
+    /// PEM file of the CA certificate(s) a `rediss://` server's certificate must chain to. Empty:
+    /// the system's trusted roots.
+    pub tls_ca_file: String,
     /// Prefix of every key and channel (`redis.prefix`); lets several clusters share one Redis.
     pub prefix: String,
     /// This node's id, unique in the cluster (it tags this node's presence entries). Must not
@@ -62,6 +67,54 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// Upper bound of every backend call, in milliseconds (`redis.command_timeout_ms`).
     pub command_timeout_ms: u64,
+}
+
+/// `url` with its password (and user name) replaced by `***`, for log lines and errors.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not a URL we can take apart: say nothing of it rather than risk printing a password.
+        return "<unparsable redis URL>".to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The redis client for `config`: the URL's credentials and TLS, and for `rediss://` the CA of
+/// `tls_ca_file` when set.
+fn client(config: &RedisConfig) -> Result<redis::Client> {
+    // The redis crate's URL errors do not quote the URL, but ours never do either.
+    let invalid = |e: RedisError| {
+        BackendError::Config(format!(
+            "invalid Redis URL {}: {e}",
+            redacted_url(&config.url)
+        ))
+    };
+    if config.tls_ca_file.is_empty() {
+        return redis::Client::open(config.url.as_str()).map_err(invalid);
+    }
+    if !config.url.starts_with("rediss://") {
+        return Err(BackendError::Config(
+            "redis.tls_ca_file is set but redis.url is not rediss://".to_owned(),
+        ));
+    }
+    let root_cert = std::fs::read(&config.tls_ca_file).map_err(|e| {
+        BackendError::Config(format!(
+            "cannot read redis.tls_ca_file {}: {e}",
+            config.tls_ca_file
+        ))
+    })?;
+    redis::Client::build_with_tls(
+        config.url.as_str(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        },
+    )
+    .map_err(invalid)
 }
 
 impl RedisConfig {
@@ -105,13 +158,17 @@ impl RedisConfig {
 pub async fn open(config: RedisConfig) -> Result<Backend> {
     config.validate()?;
     let timeout = Duration::from_millis(config.command_timeout_ms);
-    let client = redis::Client::open(config.url.as_str())
-        .map_err(|e| BackendError::Config(format!("invalid Redis URL: {e}")))?;
+    let client = client(&config)?;
     let connection_config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
-    let manager = Manager::new_with_config(config.url.as_str(), connection_config.clone())
-        .map_err(|e| BackendError::Config(format!("invalid Redis URL: {e}")))?;
+    // The pool connects with the same connection info (credentials, TLS and its CA) as the
+    // multiplexed and pub/sub connections.
+    let manager = Manager::new_with_config(
+        client.get_connection_info().clone(),
+        connection_config.clone(),
+    )
+    .map_err(|e| BackendError::Config(format!("cannot build the Redis pool: {e}")))?;
     let pool = Pool::builder(manager)
         .max_size(config.pool_size.max(1))
         .runtime(Runtime::Tokio1)
@@ -146,20 +203,42 @@ pub async fn open(config: RedisConfig) -> Result<Backend> {
         })
         .await;
     if let Err(e) = preloaded {
-        tracing::warn!(error = %e, "redis is not reachable yet; the backend will connect when it is");
+        if is_auth_failure(&e) {
+            // Not going to fix itself like an outage: say which setting is wrong (never its value).
+            tracing::error!(
+                url = %redacted_url(&config.url),
+                error = %e,
+                "redis refused the credentials of redis.url (user/password); retrying, not ready meanwhile"
+            );
+        } else {
+            tracing::warn!(error = %e, "redis is not reachable yet; the backend will connect when it is");
+        }
     }
 
     let keys = Keys::new(&config.prefix);
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     let broker = broker::RedisBroker::start(client, redis.clone(), keys.clone(), tx).await?;
     let store = store::RedisStore::new(redis, keys, scripts, &config);
-    tracing::info!(node = %config.node_id, prefix = %config.prefix, "redis backend open");
+    tracing::info!(
+        node = %config.node_id,
+        prefix = %config.prefix,
+        url = %redacted_url(&config.url),
+        "redis backend open"
+    );
     Ok(Backend {
         store: Arc::new(store),
         broker: Arc::new(broker),
         events: rx,
         kind: "redis",
     })
+}
+
+/// Whether `e` says Redis refused the URL's credentials (rather than being unreachable).
+pub(crate) fn is_auth_failure(e: &BackendError) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    ["wrongpass", "noauth", "authentication failed"]
+        .iter()
+        .any(|needle| text.contains(needle))
 }
 
 /// The node's connections to Redis, with the per-call time bound.
@@ -320,5 +399,27 @@ impl Redis {
                 .map_err(|e| map_error(what, &e))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn urls_are_logged_without_credentials() {
+        assert_eq!(
+            redacted_url("redis://:secret@127.0.0.1:6379/0"),
+            "redis://***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redacted_url("rediss://chat:p@ss@redis.example:6380"),
+            "rediss://***@redis.example:6380"
+        );
+        assert_eq!(
+            redacted_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redacted_url("secret"), "<unparsable redis URL>");
     }
 }

@@ -33,6 +33,7 @@ pub fn config(server: &RedisServer, node: &str) -> RedisConfig {
         history_per_room: 1000,
         cursor_ttl_secs: 3600,
         pool_size: 4,
+        tls_ca_file: String::new(),
         command_timeout_ms: 1000,
     }
 }
