@@ -97,3 +97,32 @@ test('a compression bomb closes with 1009 and the gateway stays flat', async () 
   await waitFor(() => warm.got.some((f) => f.event === 'message' && f.content === 'still here'), { what: 'warm still served' });
   warm.ws.close();
 });
+
+test('a message sent in compressed fragments, with a ping between them, is posted whole', async () => {
+  const room = uid('room');
+  const ann = await connect(true);
+  const bob = await connect(false);
+  ann.send({ event: 'login', roomId: room, userId: uid('ann'), userName: 'Ann' });
+  bob.send({ event: 'login', roomId: room, userId: uid('bob'), userName: 'Bob' });
+  await waitFor(() => ann.got.some((f) => f.event === 'joined'), { what: 'ann joined' });
+  await waitFor(() => bob.got.some((f) => f.event === 'joined'), { what: 'bob joined' });
+
+  const content = 'fragments of one compressed message: ünïcödé 你好 🦀🎉 '.repeat(30);
+  const bytes = Buffer.from(JSON.stringify({ event: 'message', roomId: room, content, clientMsgId: 'frag1' }));
+  const third = Math.floor(bytes.length / 3);
+  const before = ann.ws._socket.bytesWritten;
+  // `ws` sets RSV1 on the first fragment only and compresses each with a sync flush (RFC 7692).
+  ann.ws.send(bytes.subarray(0, third), { binary: false, fin: false, compress: true });
+  ann.ws.ping();
+  ann.ws.send(bytes.subarray(third, 2 * third), { binary: false, fin: false, compress: true });
+  ann.ws.send(bytes.subarray(2 * third), { binary: false, fin: true, compress: true });
+  for (const c of [ann, bob]) {
+    await waitFor(() => c.got.some((f) => f.event === 'message' && f.clientMsgId === 'frag1'), { what: 'the message' });
+    assert.equal(c.got.find((f) => f.event === 'message').content, content);
+  }
+  assert.ok(!ann.got.some((f) => f.event === 'error'), JSON.stringify(ann.got));
+  const written = ann.ws._socket.bytesWritten - before;
+  assert.ok(written * 2 < bytes.length, `the fragments went compressed: ${written} B for ${bytes.length} B`);
+  ann.ws.close();
+  bob.ws.close();
+});

@@ -9,7 +9,9 @@
 //!
 //! Inbound, a compressed message is inflated into a buffer that never grows past the frame limit:
 //! a small frame that inflates past it is refused ([`Inflate::TooBig`], close 1009) without the
-//! whole ever being allocated.
+//! whole ever being allocated. A message compressed in fragments arrives here whole (still
+//! compressed, at most `limits.max_frame_bytes`): the patched tungstenite assembles it
+//! (`vendor/tungstenite/PATCHED.md`), so it is inflated once like any other.
 
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
@@ -171,6 +173,8 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tungstenite::Message;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
 
     #[test]
     fn negotiation() {
@@ -203,6 +207,154 @@ mod tests {
         assert_eq!(compress(b"ab"), None);
         assert_eq!(inflate(&packed, 10), Err(Inflate::TooBig));
         assert_eq!(inflate(&[0xff, 0xff, 0xff], 1000), Err(Inflate::Corrupt));
+    }
+
+    /// A client's masked frame: `first` is FIN/RSV/opcode.
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![first];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&u16::try_from(n).expect("test frame").to_be_bytes());
+            }
+        }
+        let mask = [7u8, 1, 9, 3];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    /// The server side of a connection (the patched tungstenite, configured as the gateway
+    /// configures it) reading `bytes`; what it writes is discarded.
+    fn server(
+        bytes: Vec<u8>,
+        limit: usize,
+    ) -> tungstenite::WebSocket<ReadOnly<std::io::Cursor<Vec<u8>>>> {
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit))
+            .accept_compressed_frames(true);
+        tungstenite::WebSocket::from_raw_socket(
+            ReadOnly(std::io::Cursor::new(bytes)),
+            tungstenite::protocol::Role::Server,
+            Some(config),
+        )
+    }
+
+    struct ReadOnly<R>(R);
+    impl<R: std::io::Read> std::io::Read for ReadOnly<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl<R> std::io::Write for ReadOnly<R> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// RFC 7692: a compressed message may come in fragments, RSV1 on the first only, with control
+    /// frames in between. The server gets the whole compressed message as one RSV1 frame and
+    /// inflates it once.
+    #[test]
+    fn fragmented_compressed_messages_are_assembled() {
+        let text =
+            r#"{"event":"message","roomId":"r","content":"fragments, fragments, fragments 🦀"}"#;
+        let packed = compress(text.as_bytes()).expect("compressible");
+        let (a, rest) = packed.split_at(packed.len() / 3);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        let mut wire = masked(0x41, a); // text, RSV1, not final
+        wire.extend(masked(0x89, b"p")); // a ping between fragments
+        wire.extend(masked(0x00, b)); // continuation, RSV1 clear
+        wire.extend(masked(0x80, c)); // last continuation
+        wire.extend(masked(0xC2, &compress(&[b'x'; 300]).expect("compressible"))); // one frame
+        wire.extend(masked(0x01, b"plain ")); // an uncompressed fragmented message still works
+        wire.extend(masked(0x80, b"text"));
+        let mut ws = server(wire, 65536);
+        assert_eq!(
+            ws.read().expect("ping"),
+            Message::Ping(Bytes::from_static(b"p"))
+        );
+        let Message::Frame(frame) = ws.read().expect("the message") else {
+            panic!("a compressed message comes as a raw frame")
+        };
+        let header = frame.header();
+        assert!(header.rsv1 && header.is_final);
+        assert_eq!(header.opcode, OpCode::Data(Data::Text));
+        assert_eq!(frame.payload(), &packed[..]);
+        assert_eq!(
+            inflate(frame.payload(), 65536).expect("inflates"),
+            text.as_bytes()
+        );
+        let Message::Frame(frame) = ws.read().expect("the binary one") else {
+            panic!("a compressed message comes as a raw frame")
+        };
+        assert_eq!(frame.header().opcode, OpCode::Data(Data::Binary));
+        assert_eq!(
+            inflate(frame.payload(), 65536).expect("inflates"),
+            [b'x'; 300]
+        );
+        assert_eq!(ws.read().expect("plain"), Message::text("plain text"));
+    }
+
+    #[test]
+    fn rsv1_on_a_continuation_frame_is_a_protocol_error() {
+        let packed = compress(&[b'y'; 200]).expect("compressible");
+        let (a, b) = packed.split_at(2);
+        let mut wire = masked(0x41, a);
+        wire.extend(masked(0xC0, b)); // RSV1 on the continuation
+        let mut ws = server(wire, 65536);
+        assert!(matches!(
+            ws.read(),
+            Err(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::NonZeroReservedBits
+            ))
+        ));
+        // Nor may a new compressed message start before the last one ended.
+        let mut wire = masked(0x41, a);
+        wire.extend(masked(0xC1, b));
+        assert!(matches!(
+            server(wire, 65536).read(),
+            Err(tungstenite::Error::Protocol(_))
+        ));
+    }
+
+    /// The compressed fragments together are held to the limit (1009 in the gateway), and so is
+    /// the inflated whole: many small fragments of a bomb are refused at the limit.
+    #[test]
+    fn fragments_are_bounded_before_and_after_inflating() {
+        // What the fragments carry is not looked at before they are all in: 4000 bytes of them
+        // are over a 1024-byte limit whatever they inflate to.
+        let packed = vec![0x55u8; 4000];
+        let mut wire = Vec::new();
+        let chunks: Vec<_> = packed.chunks(100).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let first = if i == 0 { 0x41 } else { 0x00 };
+            let fin = if i + 1 == chunks.len() { 0x80 } else { 0 };
+            wire.extend(masked(first | fin, chunk));
+        }
+        assert!(matches!(
+            server(wire, 1024).read(),
+            Err(tungstenite::Error::Capacity(_))
+        ));
+
+        let bomb = compress(&vec![b'a'; 4 << 20]).expect("compressible");
+        let mut wire = Vec::new();
+        let chunks: Vec<_> = bomb.chunks(64).collect();
+        assert!(chunks.len() > 10, "{}", chunks.len());
+        for (i, chunk) in chunks.iter().enumerate() {
+            let first = if i == 0 { 0x41 } else { 0x00 };
+            let fin = if i + 1 == chunks.len() { 0x80 } else { 0 };
+            wire.extend(masked(first | fin, chunk));
+        }
+        let Message::Frame(frame) = server(wire, 65536).read().expect("assembled") else {
+            panic!("a compressed message comes as a raw frame")
+        };
+        assert_eq!(inflate(frame.payload(), 65536), Err(Inflate::TooBig));
     }
 
     #[test]

@@ -130,7 +130,8 @@ pub(crate) fn accept(
         .read_buffer_size(limits.read_buffer_bytes)
         .write_buffer_size(limits.write_buffer_bytes)
         .max_write_buffer_size(limits.write_buffer_bytes + limits.max_frame_bytes * 2)
-        // Compressed inbound frames are limited again after inflating (`crate::deflate`).
+        // Also the bound on a fragmented compressed message's fragments together; compressed
+        // messages are limited again after inflating (`crate::deflate`).
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes));
     let deflate =

@@ -9,7 +9,9 @@
 //! With permessage-deflate negotiated ([`crate::deflate`]), frames of at least
 //! `websocket.compression_threshold_bytes` go out compressed (RSV1 set): a broadcast's bytes are
 //! compressed once per node and shared by its recipients, a reply is compressed for its own
-//! connection. Compressed inbound frames are inflated up to `limits.max_frame_bytes` (1009 past it).
+//! connection. Compressed inbound messages are inflated up to `limits.max_frame_bytes` (1009 past
+//! it); a fragmented one reaches the driver as one frame (the patched tungstenite assembles its
+//! compressed fragments, at most `limits.max_frame_bytes` of them) and is inflated once.
 
 use std::sync::Arc;
 use std::time::Duration;

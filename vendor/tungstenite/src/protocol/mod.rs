@@ -90,10 +90,13 @@ pub struct WebSocketConfig {
     /// some popular libraries that are sending unmasked frames, ignoring the RFC.
     /// By default this option is set to `false`, i.e. according to RFC 6455.
     pub accept_unmasked_frames: bool,
-    /// When set to `true`, an unfragmented data frame with RSV1 set (a message compressed by a
-    /// negotiated extension such as permessage-deflate, RFC 7692) is not an error: it is returned
-    /// as [`Message::Frame`], payload untouched, for the application to decode. Fragmented
-    /// messages with RSV1 still fail. The default is `false` (RFC 6455 without extensions).
+    /// When set to `true`, a data message whose first frame has RSV1 set (a message compressed by
+    /// a negotiated extension such as permessage-deflate, RFC 7692) is not an error: it is returned
+    /// as one [`Message::Frame`] (final, RSV1 set, the first frame's opcode) whose payload is the
+    /// still-compressed bytes of all its fragments, for the application to decode. As RFC 7692
+    /// says, only the first frame carries RSV1: RSV1 on a continuation frame is a protocol error.
+    /// The fragments together are limited by `max_message_size`. The default is `false`
+    /// (RFC 6455 without extensions).
     pub accept_compressed_frames: bool,
 }
 
@@ -380,6 +383,9 @@ pub struct WebSocketContext {
     state: WebSocketState,
     /// Receive: an incomplete message being processed.
     incomplete: Option<IncompleteMessage>,
+    /// (patched) Receive: `incomplete` holds the compressed fragments of a message of this type
+    /// (see [`WebSocketConfig::accept_compressed_frames`]).
+    incomplete_compressed: Option<OpData>,
     /// Send in addition to regular messages E.g. "pong" or "close".
     additional_send: Option<Frame>,
     /// True indicates there is an additional message (like a pong)
@@ -417,6 +423,7 @@ impl WebSocketContext {
             frame,
             state: WebSocketState::Active,
             incomplete: None,
+            incomplete_compressed: None,
             additional_send: None,
             unflushed_additional: false,
             config,
@@ -652,19 +659,34 @@ impl WebSocketContext {
         // Connection_.
         {
             let hdr = frame.header();
-            // An extension-compressed message in one frame goes to the application as it is.
-            let compressed = hdr.rsv1
-                && self.config.accept_compressed_frames
-                && hdr.is_final
-                && !hdr.rsv2
-                && !hdr.rsv3
-                && self.incomplete.is_none()
-                && matches!(hdr.opcode, OpCode::Data(OpData::Text | OpData::Binary));
-            if compressed {
+            // (patched) An extension-compressed message goes to the application as it is: a
+            // single frame at once, a fragmented one once its last fragment arrived.
+            let compressed = match hdr.opcode {
+                OpCode::Data(data @ (OpData::Text | OpData::Binary))
+                    if hdr.rsv1
+                        && self.config.accept_compressed_frames
+                        && !hdr.rsv2
+                        && !hdr.rsv3
+                        && self.incomplete.is_none() =>
+                {
+                    Some(data)
+                }
+                _ => None,
+            };
+            if let Some(data) = compressed {
                 if self.role == Role::Client && frame.is_masked() {
                     return Err(Error::Protocol(ProtocolError::MaskedFrameFromServer));
                 }
-                return Ok(Some(Message::Frame(frame)));
+                if hdr.is_final {
+                    return Ok(Some(Message::Frame(frame)));
+                }
+                // The first fragment: its continuations (RSV1 clear) are collected as binary,
+                // the compressed bytes not being UTF-8 text.
+                let mut incomplete = IncompleteMessage::new(MessageType::Binary);
+                incomplete.extend(frame.into_payload(), self.config.max_message_size)?;
+                self.incomplete = Some(incomplete);
+                self.incomplete_compressed = Some(data);
+                return Ok(None);
             }
             if hdr.rsv1 || hdr.rsv2 || hdr.rsv3 {
                 return Err(Error::Protocol(ProtocolError::NonZeroReservedBits));
@@ -719,7 +741,19 @@ impl WebSocketContext {
                 }?;
 
                 match (payload, fin) {
-                    (None, true) => Ok(Some(self.incomplete.take().unwrap().complete()?)),
+                    (None, true) => {
+                        let message = self.incomplete.take().unwrap().complete()?;
+                        match self.incomplete_compressed.take() {
+                            // (patched) The whole compressed message, as one final RSV1 frame.
+                            Some(data) => {
+                                let mut frame =
+                                    Frame::message(message.into_data(), OpCode::Data(data), true);
+                                frame.header_mut().rsv1 = true;
+                                Ok(Some(Message::Frame(frame)))
+                            }
+                            None => Ok(Some(message)),
+                        }
+                    }
                     (None, false) => Ok(None),
                     (Some((payload, t)), true) => {
                         check_max_size(payload.len(), self.config.max_message_size)?;
