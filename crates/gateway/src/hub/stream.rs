@@ -36,7 +36,9 @@ pub(super) struct LocalStream {
 pub(super) struct AttachedConn {
     pub(super) handle: ConnHandle,
     /// `Some` while the session sends its replay: live frames wait here.
-    pub(super) gate: Option<Vec<Outbound>>,
+    /// Boxed: it exists only while the session replays, and inline it would make every attached
+    /// connection's entry (one per stream it is in) 16 bytes larger for its whole life.
+    pub(super) gate: Option<Box<Vec<Outbound>>>,
     /// Messages up to this seq reached the connection through its replay: skip them live (the
     /// replay can run ahead of this node's delivery when the node lags the store).
     pub(super) replayed_through: u64,
@@ -58,7 +60,7 @@ impl LocalStream {
     pub(super) fn add(&mut self, handle: &ConnHandle) {
         self.conns.entry(handle.id).or_insert_with(|| AttachedConn {
             handle: handle.clone(),
-            gate: Some(Vec::new()),
+            gate: Some(Box::default()),
             replayed_through: 0,
         });
     }
@@ -140,7 +142,7 @@ impl LocalStream {
         };
         attached.replayed_through = replayed_through;
         if let Some(held) = attached.gate.take() {
-            for item in held {
+            for item in *held {
                 let replayed = matches!(&item, Outbound::Frame { mark: Some(m), .. } if m.seq <= replayed_through);
                 if !replayed {
                     attached.handle.offer(item);
