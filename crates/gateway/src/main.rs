@@ -8,6 +8,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+// The allocator decides much of what an idle connection costs: many small long-lived objects per
+// connection, and bursts (logins, heartbeats, presence snapshots) freed in between. Measured per
+// connection in docs/benchmarks.md.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A real-time multi-room chat server: one node, or a cluster over Redis.
 #[derive(Debug, Parser)]
 #[command(version, about)]

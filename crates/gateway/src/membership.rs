@@ -20,7 +20,7 @@
 //!   the store which join it vouches for, so the store can tell a user who logged out elsewhere
 //!   (reported back, applied with [`Membership::on_left`]) from one whose data Redis lost.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use chat_protocol::{RoomId, UserId};
 
@@ -59,9 +59,32 @@ pub enum JoinVerdict {
 struct Entry {
     user_name: String,
     /// Local connections: `None` while the join is in flight, else its epoch and presence seq.
-    conns: BTreeMap<ConnId, Option<(String, u64)>>,
+    /// A vector, not a map: a user has one or a few connections per room, and an empty `BTreeMap`
+    /// node for one entry costs ~450 bytes per (room, user) at idle (docs/benchmarks.md).
+    conns: Vec<(ConnId, Option<(Box<str>, u64)>)>,
     /// Highest presence seq of a `left` applied to this user here: joins at or below it are void.
     left_at: u64,
+}
+
+impl Entry {
+    fn get(&self, conn: ConnId) -> Option<&Option<(Box<str>, u64)>> {
+        self.conns.iter().find(|(c, _)| *c == conn).map(|(_, j)| j)
+    }
+
+    /// Inserts or replaces `conn`'s join.
+    fn put(&mut self, conn: ConnId, joined: Option<(Box<str>, u64)>) {
+        match self.conns.iter_mut().find(|(c, _)| *c == conn) {
+            Some((_, slot)) => *slot = joined,
+            None => self.conns.push((conn, joined)),
+        }
+    }
+
+    /// Removes `conn`; false when it was not there.
+    fn take(&mut self, conn: ConnId) -> bool {
+        let before = self.conns.len();
+        self.conns.retain(|(c, _)| *c != conn);
+        self.conns.len() != before
+    }
 }
 
 /// See the module docs.
@@ -85,11 +108,11 @@ impl Membership {
             .entry((room.clone(), user.clone()))
             .or_insert_with(|| Entry {
                 user_name: user_name.to_owned(),
-                conns: BTreeMap::new(),
+                // Most users have one connection per room: no room reserved for more.
+                conns: Vec::with_capacity(1),
                 left_at: 0,
             })
-            .conns
-            .insert(conn, None);
+            .put(conn, None);
     }
 
     /// The store recorded the join at presence seq `joined_at` in log epoch `epoch`.
@@ -105,13 +128,11 @@ impl Membership {
         let Some(entry) = self.entries.get_mut(&key) else {
             return JoinVerdict::Overtaken;
         };
-        if joined_at <= entry.left_at || !entry.conns.contains_key(&conn) {
+        if joined_at <= entry.left_at || entry.get(conn).is_none() {
             self.remove(room, user, conn);
             return JoinVerdict::Overtaken;
         }
-        entry
-            .conns
-            .insert(conn, Some((epoch.to_owned(), joined_at)));
+        entry.put(conn, Some((Box::from(epoch), joined_at)));
         JoinVerdict::Joined
     }
 
@@ -122,7 +143,7 @@ impl Membership {
         let Some(entry) = self.entries.get_mut(&key) else {
             return false;
         };
-        if entry.conns.remove(&conn).is_none() {
+        if !entry.take(conn) {
             return false;
         }
         if entry.conns.is_empty() {
@@ -142,15 +163,14 @@ impl Membership {
             return Vec::new();
         };
         entry.left_at = entry.left_at.max(left_at);
-        let gone: Vec<ConnId> = entry
+        let mut gone: Vec<ConnId> = entry
             .conns
             .iter()
             .filter(|(_, joined)| joined.as_ref().is_some_and(|(_, at)| *at < left_at))
             .map(|(conn, _)| *conn)
             .collect();
-        for conn in &gone {
-            entry.conns.remove(conn);
-        }
+        gone.sort_unstable();
+        entry.conns.retain(|(conn, _)| !gone.contains(conn));
         if entry.conns.is_empty() {
             self.entries.remove(&key);
         }
@@ -185,13 +205,16 @@ impl Membership {
         self.entries
             .iter()
             .filter_map(|((room, user), entry)| {
-                let (epoch, joined_at) =
-                    entry.conns.values().flatten().max_by_key(|(_, at)| *at)?;
+                let (epoch, joined_at) = entry
+                    .conns
+                    .iter()
+                    .filter_map(|(_, j)| j.as_ref())
+                    .max_by_key(|(_, at)| *at)?;
                 Some(Vouched {
                     room: room.clone(),
                     user: user.clone(),
                     user_name: entry.user_name.clone(),
-                    epoch: epoch.clone(),
+                    epoch: epoch.to_string(),
                     joined_at: *joined_at,
                 })
             })

@@ -377,7 +377,9 @@ impl Session {
     /// Replies produced since the last call, in order. The driver writes them before anything
     /// from the hub queue, and reports their marks to [`Session::on_delivered`] once flushed.
     pub fn take_replies(&mut self) -> impl Iterator<Item = Reply> + '_ {
-        self.replies.drain(..)
+        // Taken with its buffer, not drained: an idle connection keeps no room for its login's
+        // burst of replies (docs/benchmarks.md, idle memory).
+        std::mem::take(&mut self.replies).into_iter()
     }
 
     /// True when replies are waiting.
