@@ -43,6 +43,7 @@ pub struct ServerSettings {
     pub node_id: String,
     pub shutdown_grace_secs: u64,
     pub drain_secs: u64,
+    pub handshake_timeout_secs: u64,
     /// Origins (`scheme://host[:port]`) allowed to open a WebSocket from a browser; empty: the
     /// request's own host only. Requests without an `Origin` header are not from a browser page
     /// and are allowed.
@@ -66,6 +67,7 @@ pub struct LimitSettings {
     pub max_content_bytes: usize,
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
+    pub outbound_queue_bytes: usize,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
     pub max_rooms_per_connection: usize,
@@ -284,6 +286,12 @@ impl Settings {
             return invalid(
                 "limits.outbound_queue and limits.max_rooms_per_connection must be positive",
             );
+        }
+        if self.limits.outbound_queue_bytes == 0 {
+            return invalid("limits.outbound_queue_bytes must be positive");
+        }
+        if self.server.handshake_timeout_secs == 0 {
+            return invalid("server.handshake_timeout_secs must be at least 1");
         }
         if self.history.per_room == 0 || self.history.max_page == 0 {
             return invalid("history.per_room and history.max_page must be positive");

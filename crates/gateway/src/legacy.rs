@@ -213,7 +213,11 @@ impl Edge {
     pub fn reject(&mut self, reason: &str) {
         self.rejected += 1;
         self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(rejected = self.rejected, reason, "legacy frame ignored");
+        // The 1st, 2nd, 4th, 8th… only: a client sending garbage in a loop gets a handful of lines,
+        // each with the running count, not one per frame.
+        if self.rejected.is_power_of_two() {
+            tracing::debug!(rejected = self.rejected, reason, "legacy frame ignored");
+        }
     }
 
     /// Parses a legacy text frame into the v1 frame the session runs; `None` (counted) when it
@@ -341,7 +345,7 @@ impl Edge {
             }
             ServerFrame::HeartBeat { .. } => Some(frame.encode()),
             ServerFrame::Error(error) => {
-                tracing::debug!(code = error.code.as_str(), message = %error.message, "legacy: refused");
+                // Logged (sparsely) by `reject`, with the code as its reason.
                 self.reject(error.code.as_str());
                 None
             }

@@ -13,6 +13,7 @@
 //! - [`ws`]: the socket driver around a session.
 //! - [`delivery`]: resend on missing acks (pure state machine the session drives).
 //! - [`http`]: the routes.
+//! - [`serve`]: the HTTP/1.1 accept loop, with a bound on slow request headers.
 //! - [`web`]: the browser chat's embedded page and client library.
 //! - [`legacy`]: the classic tutorial client's dialect on `GET /`, translated at the edge.
 //! - [`presence`]: keeps this node's presence alive in the cluster and reaps dead nodes' users.
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod presence;
+pub mod serve;
 pub mod session;
 pub mod tls;
 pub mod upgrade;
@@ -139,6 +141,7 @@ pub async fn run(
         addr = %listener.local_addr()?,
         "chat gateway listening"
     );
+    let header_timeout = Duration::from_secs(node.settings.server.handshake_timeout_secs);
     if !node.settings.tls.cert.is_empty() {
         let (cert, key) = (
             node.settings.tls.cert.clone(),
@@ -146,10 +149,14 @@ pub async fn run(
         );
         let config = tls::load(&cert, &key)?;
         let listener = tls::serve(listener, config, cert, key, node.shutdown.clone())?;
-        let app = http::router(node.clone()).into_make_service_with_connect_info::<tls::TlsPeer>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(node.shutdown.clone().cancelled_owned())
-            .await?;
+        serve::serve(
+            listener,
+            http::router(node.clone()),
+            tls::TlsPeer,
+            header_timeout,
+            node.shutdown.clone(),
+        )
+        .await;
         return finish(node, draining, background).await;
     }
     // Chat frames are small and latency-bound: never let Nagle hold one back waiting for an ACK.
@@ -159,11 +166,14 @@ pub async fn run(
         }
     });
     // The peer address feeds the per-IP connection cap (`limits.max_connections_per_ip`).
-    let app =
-        http::router(node.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(node.shutdown.clone().cancelled_owned())
-        .await?;
+    serve::serve(
+        listener,
+        http::router(node.clone()),
+        |addr: std::net::SocketAddr| addr,
+        header_timeout,
+        node.shutdown.clone(),
+    )
+    .await;
     finish(node, draining, background).await
 }
 

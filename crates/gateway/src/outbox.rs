@@ -8,9 +8,13 @@
 //! released when the driver has drained it. One waiter (the driver) is woken through a
 //! [`Notify`], whose stored permit covers a push that lands between the driver's check and its
 //! wait.
+//!
+//! The queue is bounded twice: in items (`limits.outbound_queue`) and in the bytes of the frames it
+//! holds (`limits.outbound_queue_bytes`), so a reader that falls behind a room of large messages is
+//! cut off at a memory bound, not only at a frame count. Either bound reached: [`TrySendError::Full`].
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -35,6 +39,11 @@ struct Shared {
     queue: Mutex<VecDeque<Outbound>>,
     notify: Notify,
     capacity: usize,
+    /// Most frame bytes queued at once; one item is always accepted into an empty queue, whatever
+    /// its size (a frame is at most `limits.max_frame_bytes` anyway).
+    max_bytes: usize,
+    /// Frame bytes queued now; changed only under the queue's lock.
+    bytes: AtomicUsize,
     closed: AtomicBool,
 }
 
@@ -56,12 +65,19 @@ pub struct Sender(Arc<Shared>);
 #[derive(Debug)]
 pub struct Receiver(Arc<Shared>);
 
-/// A queue holding at most `capacity` items.
+/// A queue holding at most `capacity` items (no bound in bytes).
 pub fn channel(capacity: usize) -> (Sender, Receiver) {
+    bounded(capacity, usize::MAX)
+}
+
+/// A queue holding at most `capacity` items and at most `max_bytes` bytes of frames.
+pub fn bounded(capacity: usize, max_bytes: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::new()),
         notify: Notify::new(),
         capacity: capacity.max(1),
+        max_bytes,
+        bytes: AtomicUsize::new(0),
         closed: AtomicBool::new(false),
     });
     (Sender(shared.clone()), Receiver(shared))
@@ -74,10 +90,15 @@ impl Sender {
             return Err(TrySendError::Closed);
         }
         {
+            let size = weight(&item);
             let mut queue = self.0.lock();
-            if queue.len() >= self.0.capacity {
+            let bytes = self.0.bytes.load(Ordering::Relaxed);
+            if queue.len() >= self.0.capacity
+                || (!queue.is_empty() && bytes.saturating_add(size) > self.0.max_bytes)
+            {
                 return Err(TrySendError::Full);
             }
+            self.0.bytes.store(bytes + size, Ordering::Relaxed);
             queue.push_back(item);
         }
         self.0.notify.notify_one();
@@ -101,6 +122,10 @@ impl Receiver {
     pub fn try_recv(&mut self) -> Result<Outbound, Empty> {
         let mut queue = self.0.lock();
         let item = queue.pop_front().ok_or(Empty)?;
+        let bytes = self.0.bytes.load(Ordering::Relaxed);
+        self.0
+            .bytes
+            .store(bytes.saturating_sub(weight(&item)), Ordering::Relaxed);
         if queue.is_empty() && queue.capacity() > 0 {
             // Drained: give the burst's memory back, an idle connection holds none.
             *queue = VecDeque::new();
@@ -119,11 +144,21 @@ impl Receiver {
     }
 }
 
+/// What an item counts against the byte bound: a frame's text (shared between recipients, but each
+/// queue that holds it keeps it alive and will write all of it).
+fn weight(item: &Outbound) -> usize {
+    match item {
+        Outbound::Frame { text, .. } => text.len(),
+        Outbound::Left(_) => 0,
+    }
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.0.closed.store(true, Ordering::Release);
         // Whatever is still queued (frames, shared buffers) is released now, not with the last
         // hub handle.
         self.0.lock().clear();
+        self.0.bytes.store(0, Ordering::Relaxed);
     }
 }

@@ -6,6 +6,14 @@
 //! shutdown. Writes are coalesced: everything already queued is fed to the sink and then
 //! flushed once.
 //!
+//! The kill switch is watched during writes too. A client that stops reading fills its TCP window,
+//! so the driver sits in a write while the hub fills its queue and flips the switch; waiting for
+//! `limits.write_timeout_secs` would hold the queue (and the user's presence) that much longer.
+//! The switch flips only when the queue overflowed its bounds (or the node drains), so a reader
+//! that is merely behind is judged by the queue's size, the same whether or not a write is
+//! pending. A connection cut mid-write gets its close frame if the socket takes it within
+//! [`CUT_GRACE`], else TCP is dropped; either way it counts as closed with its code.
+//!
 //! With permessage-deflate negotiated ([`crate::deflate`]), frames of at least
 //! `websocket.compression_threshold_bytes` go out compressed (RSV1 set): a broadcast's bytes are
 //! compressed once per node and shared by its recipients, a reply is compressed for its own
@@ -73,10 +81,16 @@ impl Encoder {
 /// Most hub items written per flush, so one busy connection cannot monopolize its task forever.
 const MAX_BATCH: usize = 256;
 
+/// How long a connection killed while a write to it was stuck gets for its close frame.
+const CUT_GRACE: Duration = Duration::from_secs(1);
+
 /// Why the driver loop ended.
 enum Ending {
     /// Close the socket with this code and reason.
     Close(u16, &'static str),
+    /// Killed (slow consumer, drain) while a write to the client did not progress: the close frame
+    /// gets [`CUT_GRACE`], then the connection is dropped.
+    Cut(u16, &'static str),
     /// The client closed or vanished; nothing to send.
     Gone,
 }
@@ -100,7 +114,8 @@ pub async fn drive_with(
     grant: Option<crate::auth::Grant>,
     deflate: bool,
 ) {
-    let (tx, rx) = crate::outbox::channel(node.settings.limits.outbound_queue);
+    let limits = &node.settings.limits;
+    let (tx, rx) = crate::outbox::bounded(limits.outbound_queue, limits.outbound_queue_bytes);
     let mut conn = ConnHandle::new(node.hub.next_conn_id(), tx);
     if deflate {
         conn = conn.compressing();
@@ -162,7 +177,7 @@ async fn drive_conn(
     .await;
     drop(registration);
     let (code, reason) = match &ending {
-        Ending::Close(code, reason) => (code.to_string(), *reason),
+        Ending::Close(code, reason) | Ending::Cut(code, reason) => (code.to_string(), *reason),
         Ending::Gone => ("gone".to_owned(), "client gone"),
     };
     tracing::debug!(
@@ -173,17 +188,18 @@ async fn drive_conn(
     );
     metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "code" => code).increment(1);
 
-    if let Ending::Close(code, reason) = ending {
+    if let Ending::Close(code, reason) | Ending::Cut(code, reason) = ending {
         let frame = CloseFrame {
             code: code.into(),
             reason: Utf8Bytes::from_static(reason),
         };
-        // The peer may be gone or stuck; do not let a close wait forever.
-        let _ = timeout(
-            Duration::from_secs(2),
-            sink.send(Message::Close(Some(frame))),
-        )
-        .await;
+        // The peer may be gone or stuck; do not let a close wait forever. One whose writes already
+        // stalled gets less: its close frame waits behind everything it did not read.
+        let grace = match ending {
+            Ending::Cut(..) => CUT_GRACE,
+            _ => Duration::from_secs(2),
+        };
+        let _ = timeout(grace, sink.send(Message::Close(Some(frame)))).await;
     } else {
         // The client closed: tungstenite has queued the RFC's Close reply; flushing sends it, so
         // the client sees a clean close rather than a dropped connection (1006).
@@ -232,10 +248,11 @@ async fn run(
 
     loop {
         if session.has_replies() {
-            match flush(write_timeout, encoder, session, sink, rx, None).await {
-                Ok(Ok(())) => {}
-                Ok(Err(())) => return Ending::Gone,
-                Err(_) => return Ending::Close(close::SLOW_CONSUMER, "write timed out"),
+            let write = write_batch(encoder, session, sink, rx, None);
+            // Boxed: a write's state (the batch, the sink's send futures, the timer) exists only
+            // while it runs, not in every idle connection's task for its whole life.
+            if let Some(ending) = Box::pin(watched(conn, write_timeout, write)).await {
+                return ending;
             }
         }
         if let Some((code, reason)) = session.close_request() {
@@ -260,21 +277,20 @@ async fn run(
         // Unbiased on purpose: a busy room must not starve reading the client (its pongs keep it
         // alive), and a chatty client must not starve its own deliveries.
         tokio::select! {
-            code = conn.killed() => return Ending::Close(code, match code {
-                close::SERVICE_RESTART => "server restarting",
-                _ => "slow consumer",
-            }),
+            code = conn.killed() => return Ending::Close(code, kill_reason(code)),
             _ = node.shutdown.cancelled() => return Ending::Close(close::SERVICE_RESTART, "server restarting"),
             item = rx.recv() => {
                 let Some(item) = item else { return Ending::Gone };
                 if !write_delay.is_zero() {
                     // Let more frames queue up behind this one: one write for all of them.
-                    tokio::time::sleep(write_delay).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(write_delay) => {}
+                        code = conn.killed() => return Ending::Close(code, kill_reason(code)),
+                    }
                 }
-                match flush(write_timeout, encoder, session, sink, rx, Some(item)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(())) => return Ending::Gone,
-                    Err(_) => return Ending::Close(close::SLOW_CONSUMER, "write timed out"),
+                let write = write_batch(encoder, session, sink, rx, Some(item));
+                if let Some(ending) = Box::pin(watched(conn, write_timeout, write)).await {
+                    return ending;
                 }
             }
             incoming = stream.next() => {
@@ -332,9 +348,9 @@ async fn run(
                     // A late tick delays the next one rather than bunching them up.
                     next_ping = now + ping_interval;
                     // Boxed like every write: its state exists only while it runs.
-                    let ping = Box::pin(timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))));
-                    if ping.await.map_or(true, |r| r.is_err()) {
-                        return Ending::Gone;
+                    let write = async { sink.send(Message::Ping(Bytes::new())).await.map_err(|_| ()) };
+                    if let Some(ending) = Box::pin(watched(conn, write_timeout, write)).await {
+                        return ending;
                     }
                     Box::pin(session.on_tick()).await;
                 }
@@ -343,30 +359,40 @@ async fn run(
     }
 }
 
+/// The close reason for a kill switch's code.
+fn kill_reason(code: u16) -> &'static str {
+    match code {
+        close::SERVICE_RESTART => "server restarting",
+        _ => "slow consumer",
+    }
+}
+
+/// Runs a write bounded by `write_timeout` while watching the kill switch; `None` when it finished,
+/// else how the connection ends. The write is polled first, so a write that completes just as the
+/// switch flips still counts; the switch is then seen by the driver's next `select!`.
+async fn watched(
+    conn: &ConnHandle,
+    write_timeout: Duration,
+    write: impl std::future::Future<Output = Result<(), ()>>,
+) -> Option<Ending> {
+    tokio::select! {
+        biased;
+        written = timeout(write_timeout, write) => match written {
+            Ok(Ok(())) => None,
+            Ok(Err(())) => Some(Ending::Gone),
+            Err(_) => Some(Ending::Close(close::SLOW_CONSUMER, "write timed out")),
+        },
+        // The queue overflowed (or the node drains) while this write was stuck: cut it now, not
+        // when the write times out.
+        code = conn.killed() => Some(Ending::Cut(code, kill_reason(code))),
+    }
+}
+
 /// Hands a text frame to the session. Boxed: the session's handlers (backend round trips, replays)
 /// are large state machines, and inlined they would make every connection's task as large as
 /// the largest of them for its whole life, idle or not. One allocation per inbound frame instead.
 async fn on_text(session: &mut Session, text: &str) {
     Box::pin(session.on_text(text)).await;
-}
-
-/// [`write_batch`] within `write_timeout`, boxed: a write's state (the batch, the sink's send
-/// futures, the timeout's timer) then exists only while it runs, not in every idle connection's
-/// task for its whole life. One allocation per batch of writes, next to a syscall.
-fn flush<'a>(
-    write_timeout: Duration,
-    encoder: Encoder,
-    session: &'a mut Session,
-    sink: &'a mut Sink,
-    rx: &'a mut crate::outbox::Receiver,
-    first: Option<Outbound>,
-) -> std::pin::Pin<
-    Box<dyn Future<Output = Result<Result<(), ()>, tokio::time::error::Elapsed>> + Send + 'a>,
-> {
-    Box::pin(timeout(
-        write_timeout,
-        write_batch(encoder, session, sink, rx, first),
-    ))
 }
 
 /// Writes the session's replies, then `first` and whatever else the hub has queued, then flushes

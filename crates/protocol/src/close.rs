@@ -13,7 +13,8 @@ pub const INVALID_DATA: u16 = 1007;
 pub const POLICY_VIOLATION: u16 = 1008;
 /// A frame was larger than `limits.max_frame_bytes`. Do not resend it.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
-/// The server hit an unexpected internal error. Reconnect with backoff.
+/// RFC 6455's internal error. This server does not send it (no server failure ends a session;
+/// see docs/protocol.md); a client that gets it from another implementation reconnects with backoff.
 pub const INTERNAL_ERROR: u16 = 1011;
 /// The node is shutting down or restarting. Reconnect (to any node) with a short jittered backoff;
 /// `login` with `since` to get what was missed.

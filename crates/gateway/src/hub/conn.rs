@@ -118,7 +118,11 @@ impl ConnHandle {
         match self.tx.try_send(item) {
             Ok(()) => {}
             Err(crate::outbox::TrySendError::Full) => {
-                tracing::debug!(conn = self.id, "outbound queue full: closing slow consumer");
+                // Once, not per frame offered: until its driver ends, every broadcast of a busy
+                // room finds the queue full again (weakness 10's thousands of lines).
+                if !self.kill.token.is_cancelled() {
+                    tracing::debug!(conn = self.id, "outbound queue full: closing slow consumer");
+                }
                 self.kill(close::SLOW_CONSUMER);
             }
             // The connection is already gone; its session detaches it.
