@@ -24,9 +24,9 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
 use crate::{
-    Backend, BackendError, Broker, BrokerEvent, Channel, Counts, Departed, DirectPosted, Draft, EVENT_QUEUE,
-    Head, JoinOutcome, JoinRequest, LeaveOutcome, Limit, Notice, Position, Posted, PresenceEntry, Reaped,
-    Refreshed, Result, RoomSummary, Store, StreamKey,
+    Backend, BackendError, Broker, BrokerEvent, Channel, Counts, Departed, DirectPosted, Draft,
+    EVENT_QUEUE, Head, JoinOutcome, JoinRequest, LeaveOutcome, Limit, Notice, Position, Posted,
+    PresenceEntry, Reaped, Refreshed, Result, RoomSummary, Store, StreamKey,
 };
 
 /// Settings of the embedded backend. The gateway fills them from its settings, whose defaults
@@ -278,7 +278,9 @@ impl State {
             let freed = match self.log_mut(&stream) {
                 // The order entry of a live message is always its log's oldest: logs only ever
                 // lose messages from the front, in seq order, which is also append order.
-                Some(log) if log.epoch == epoch && log.entries.front().is_some_and(|m| m.seq == seq) => {
+                Some(log)
+                    if log.epoch == epoch && log.entries.front().is_some_and(|m| m.seq == seq) =>
+                {
                     log.pop_oldest()
                 }
                 _ => Freed::default(),
@@ -341,7 +343,8 @@ impl State {
     /// idle as long.
     fn sweep(&mut self, retention: Duration) {
         let now = Instant::now();
-        let idle = |log: &Log| log.entries.is_empty() || now.duration_since(log.touched) >= retention;
+        let idle =
+            |log: &Log| log.entries.is_empty() || now.duration_since(log.touched) >= retention;
         let rooms: Vec<RoomId> = self
             .rooms
             .iter()
@@ -360,7 +363,10 @@ impl State {
             .inboxes
             .iter()
             .filter(|(owner, log)| {
-                !self.subscribed.contains(&StreamKey::Inbox((*owner).clone())) && idle(log)
+                !self
+                    .subscribed
+                    .contains(&StreamKey::Inbox((*owner).clone()))
+                    && idle(log)
             })
             .map(|(owner, _)| owner.clone())
             .collect();
@@ -757,7 +763,11 @@ impl Store for Shared {
         }
         for owner in owners {
             let stream = StreamKey::Inbox(owner.clone());
-            let stored = state.append(&stream, message_from(draft, None, Some(to), ts), &self.config)?;
+            let stored = state.append(
+                &stream,
+                message_from(draft, None, Some(to), ts),
+                &self.config,
+            )?;
             posted.push(Posted {
                 epoch: stored.epoch.clone(),
                 seq: stored.seq,
@@ -949,7 +959,11 @@ impl Broker for Shared {
         match channel {
             StreamKey::Room(id) => state.drop_room_if_empty(id),
             StreamKey::Inbox(owner) => {
-                if state.inboxes.get(owner).is_some_and(|l| l.entries.is_empty()) {
+                if state
+                    .inboxes
+                    .get(owner)
+                    .is_some_and(|l| l.entries.is_empty())
+                {
                     state.drop_inbox(owner);
                 }
             }
@@ -1366,7 +1380,11 @@ mod tests {
         let ann = user("ann");
         for i in 0..2000 {
             let room = id(&format!("r{i}"));
-            backend.store.join(&join_req(&room, &ann)).await.expect("join");
+            backend
+                .store
+                .join(&join_req(&room, &ann))
+                .await
+                .expect("join");
             backend.store.leave(&room, &ann).await.expect("leave");
         }
         let usage = probe.usage().await;
@@ -1375,11 +1393,22 @@ mod tests {
 
         // A room that comes back after being dropped continues its presence seqs.
         let room = id("again");
-        let first = backend.store.join(&join_req(&room, &ann)).await.expect("join");
+        let first = backend
+            .store
+            .join(&join_req(&room, &ann))
+            .await
+            .expect("join");
         let left = backend.store.leave(&room, &ann).await.expect("leave");
-        let second = backend.store.join(&join_req(&room, &ann)).await.expect("join");
+        let second = backend
+            .store
+            .join(&join_req(&room, &ann))
+            .await
+            .expect("join");
         assert!(first.presence_seq < left.presence_seq);
-        assert!(left.presence_seq < second.presence_seq, "{left:?} {second:?}");
+        assert!(
+            left.presence_seq < second.presence_seq,
+            "{left:?} {second:?}"
+        );
     }
 
     #[tokio::test]
@@ -1390,8 +1419,16 @@ mod tests {
         });
         let (ann, bob) = (user("ann"), user("bob"));
         let (r1, r2, r3) = (id("r1"), id("r2"), id("r3"));
-        backend.store.join(&join_req(&r1, &ann)).await.expect("join");
-        backend.store.join(&join_req(&r2, &bob)).await.expect("join");
+        backend
+            .store
+            .join(&join_req(&r1, &ann))
+            .await
+            .expect("join");
+        backend
+            .store
+            .join(&join_req(&r2, &bob))
+            .await
+            .expect("join");
         let refused = backend.store.join(&join_req(&r3, &ann)).await;
         assert!(
             matches!(refused, Err(BackendError::Full(Limit::Rooms))),
@@ -1399,11 +1436,23 @@ mod tests {
         );
         assert!(backend.store.rooms().await.expect("rooms").len() == 2);
         // Existing rooms keep working: joins and posts.
-        backend.store.join(&join_req(&r1, &bob)).await.expect("join an existing room");
-        backend.store.post(&r1, &draft("ann", "still here")).await.expect("post");
+        backend
+            .store
+            .join(&join_req(&r1, &bob))
+            .await
+            .expect("join an existing room");
+        backend
+            .store
+            .post(&r1, &draft("ann", "still here"))
+            .await
+            .expect("post");
         // Once a room is freed (everyone logged out, nothing posted), a new one fits.
         backend.store.leave(&r2, &bob).await.expect("leave");
-        backend.store.join(&join_req(&r3, &ann)).await.expect("join after a room was freed");
+        backend
+            .store
+            .join(&join_req(&r3, &ann))
+            .await
+            .expect("join after a room was freed");
     }
 
     #[tokio::test]
@@ -1429,29 +1478,53 @@ mod tests {
         });
         let r0 = id("r0");
         for _ in 0..50 {
-            backend.store.post(&r0, &draft("a", &big)).await.expect("post");
+            backend
+                .store
+                .post(&r0, &draft("a", &big))
+                .await
+                .expect("post");
         }
-        let (_, page) = backend.store.history(&r0, None, 1000).await.expect("history");
+        let (_, page) = backend
+            .store
+            .history(&r0, None, 1000)
+            .await
+            .expect("history");
         assert_eq!(page.len(), 10, "the per-room byte cap keeps the newest 10");
         assert_eq!(page.last().map(|m| m.seq), Some(50));
         for r in 1..=4 {
             let room = id(&format!("r{r}"));
             for _ in 0..20 {
-                backend.store.post(&room, &draft("a", &big)).await.expect("post");
+                backend
+                    .store
+                    .post(&room, &draft("a", &big))
+                    .await
+                    .expect("post");
             }
         }
         let usage = probe.usage().await;
         assert!(usage.bytes <= 25 * per_message, "{usage:?}");
         assert_eq!(usage.messages, 25, "{usage:?}");
         // The oldest went first: r0 (posted first) lost everything, the last room kept its newest.
-        let (_, r0_page) = backend.store.history(&r0, None, 1000).await.expect("history");
+        let (_, r0_page) = backend
+            .store
+            .history(&r0, None, 1000)
+            .await
+            .expect("history");
         assert!(r0_page.is_empty(), "{} left in r0", r0_page.len());
-        let (_, r4_page) = backend.store.history(&id("r4"), None, 1000).await.expect("history");
+        let (_, r4_page) = backend
+            .store
+            .history(&id("r4"), None, 1000)
+            .await
+            .expect("history");
         assert_eq!(r4_page.len(), 10);
         // The accounting matches the logs exactly.
         let mut counted = 0;
         for r in 0..=4 {
-            let (_, page) = backend.store.history(&id(&format!("r{r}")), None, 1000).await.expect("history");
+            let (_, page) = backend
+                .store
+                .history(&id(&format!("r{r}")), None, 1000)
+                .await
+                .expect("history");
             counted += page.iter().map(message_bytes).sum::<usize>();
         }
         assert_eq!(counted, usage.bytes);
@@ -1468,28 +1541,68 @@ mod tests {
         });
         let (ann, ghost) = (user("ann"), user("ghost"));
         let room = id("quiet");
-        backend.store.join(&join_req(&room, &ann)).await.expect("join");
-        backend.store.post(&room, &draft("ann", "anyone?")).await.expect("post");
-        backend.store.go_offline(&room, &ann).await.expect("offline");
-        backend.store.post_direct(&ghost, &draft("ann", "hello?")).await.expect("dm");
+        backend
+            .store
+            .join(&join_req(&room, &ann))
+            .await
+            .expect("join");
+        backend
+            .store
+            .post(&room, &draft("ann", "anyone?"))
+            .await
+            .expect("post");
+        backend
+            .store
+            .go_offline(&room, &ann)
+            .await
+            .expect("offline");
+        backend
+            .store
+            .post_direct(&ghost, &draft("ann", "hello?"))
+            .await
+            .expect("dm");
         // A room someone is online in stays however long it is quiet.
         let busy = id("busy");
-        backend.store.join(&join_req(&busy, &ann)).await.expect("join");
+        backend
+            .store
+            .join(&join_req(&busy, &ann))
+            .await
+            .expect("join");
 
         tokio::time::advance(retention / 2).await;
         probe.sweep().await;
         let usage = probe.usage().await;
-        assert_eq!((usage.rooms, usage.inboxes), (2, 2), "kept within the retention: {usage:?}");
         assert_eq!(
-            backend.store.range(&StreamKey::Inbox(ghost.clone()), 0, u64::MAX, 10, 0).await.expect("range").len(),
+            (usage.rooms, usage.inboxes),
+            (2, 2),
+            "kept within the retention: {usage:?}"
+        );
+        assert_eq!(
+            backend
+                .store
+                .range(&StreamKey::Inbox(ghost.clone()), 0, u64::MAX, 10, 0)
+                .await
+                .expect("range")
+                .len(),
             1
         );
 
         tokio::time::advance(retention).await;
         probe.sweep().await;
         let usage = probe.usage().await;
-        assert_eq!((usage.rooms, usage.inboxes, usage.messages, usage.bytes), (1, 0, 0, 0), "{usage:?}");
-        let listed: Vec<String> = backend.store.rooms().await.expect("rooms").into_iter().map(|r| r.room_id.to_string()).collect();
+        assert_eq!(
+            (usage.rooms, usage.inboxes, usage.messages, usage.bytes),
+            (1, 0, 0, 0),
+            "{usage:?}"
+        );
+        let listed: Vec<String> = backend
+            .store
+            .rooms()
+            .await
+            .expect("rooms")
+            .into_iter()
+            .map(|r| r.room_id.to_string())
+            .collect();
         assert_eq!(listed, vec!["busy"]);
     }
 
@@ -1502,16 +1615,40 @@ mod tests {
             ..MemoryConfig::unbounded(10)
         });
         for to in ["b", "c"] {
-            backend.store.post_direct(&user(to), &draft("a", "hi")).await.expect("dm");
+            backend
+                .store
+                .post_direct(&user(to), &draft("a", "hi"))
+                .await
+                .expect("dm");
         }
         assert_eq!(probe.usage().await.inboxes, 3);
-        let refused = backend.store.post_direct(&user("d"), &draft("a", "hi")).await;
-        assert!(matches!(refused, Err(BackendError::Full(Limit::Inboxes))), "{refused:?}");
-        let refused = backend.store.post_direct(&user("e"), &draft("d", "hi")).await;
-        assert!(matches!(refused, Err(BackendError::Full(Limit::Inboxes))), "two new inboxes: {refused:?}");
+        let refused = backend
+            .store
+            .post_direct(&user("d"), &draft("a", "hi"))
+            .await;
+        assert!(
+            matches!(refused, Err(BackendError::Full(Limit::Inboxes))),
+            "{refused:?}"
+        );
+        let refused = backend
+            .store
+            .post_direct(&user("e"), &draft("d", "hi"))
+            .await;
+        assert!(
+            matches!(refused, Err(BackendError::Full(Limit::Inboxes))),
+            "two new inboxes: {refused:?}"
+        );
         let usage = probe.usage().await;
-        assert_eq!((usage.inboxes, usage.messages), (3, 4), "nothing stored by a refused DM: {usage:?}");
-        backend.store.post_direct(&user("b"), &draft("c", "still works")).await.expect("dm");
+        assert_eq!(
+            (usage.inboxes, usage.messages),
+            (3, 4),
+            "nothing stored by a refused DM: {usage:?}"
+        );
+        backend
+            .store
+            .post_direct(&user("b"), &draft("c", "still works"))
+            .await
+            .expect("dm");
         // A connecting owner always gets an inbox; it goes again when they leave it empty.
         let owner = StreamKey::Inbox(user("owner"));
         backend.broker.subscribe(&owner).await.expect("sub");

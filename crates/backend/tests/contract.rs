@@ -19,8 +19,7 @@ where
     F: Fn(Backend) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    check(memory::open(MemoryConfig::unbounded(CAP)))
-    .await;
+    check(memory::open(MemoryConfig::unbounded(CAP))).await;
     let server = RedisServer::start();
     let mut cfg = config(&server, "n1");
     cfg.history_per_room = CAP;

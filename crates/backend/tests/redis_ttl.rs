@@ -10,10 +10,7 @@ use std::time::Duration;
 use chat_backend::{JoinRequest, StreamKey};
 use redis_support::*;
 
-fn join<'a>(
-    room: &'a chat_protocol::RoomId,
-    user: &'a chat_protocol::UserId,
-) -> JoinRequest<'a> {
+fn join<'a>(room: &'a chat_protocol::RoomId, user: &'a chat_protocol::UserId) -> JoinRequest<'a> {
     JoinRequest {
         room,
         user,
@@ -54,10 +51,7 @@ async fn every_key_of_a_room_and_an_inbox_has_a_ttl() {
         let (r, a, b) = (room("r"), user("a"), user("b"));
         store.join(&join(&r, &a)).await.expect("join");
         store.join(&join(&r, &b)).await.expect("join");
-        store
-            .head(&StreamKey::Room(r.clone()))
-            .await
-            .expect("head");
+        store.head(&StreamKey::Room(r.clone())).await.expect("head");
         store.post(&r, &draft("a", "hi")).await.expect("post");
         let mut with_id = draft("a", "again");
         with_id.client_msg_id = Some("c1".into());
@@ -80,7 +74,11 @@ async fn every_key_of_a_room_and_an_inbox_has_a_ttl() {
                 &a,
                 &StreamKey::Room(r.clone()),
                 &chat_backend::Position::new(
-                    store.head(&StreamKey::Room(r.clone())).await.expect("head").epoch,
+                    store
+                        .head(&StreamKey::Room(r.clone()))
+                        .await
+                        .expect("head")
+                        .epoch,
                     1,
                 ),
             )
@@ -139,8 +137,7 @@ async fn a_room_left_by_everyone_with_nothing_posted_goes_at_once() {
         let keys = ttls(&server).await;
         assert_eq!(keys.len(), 50, "{keys:?}");
         assert!(
-            keys.iter()
-                .all(|(k, t)| k.ends_with(":meta") && *t > 0),
+            keys.iter().all(|(k, t)| k.ends_with(":meta") && *t > 0),
             "{keys:?}"
         );
         // A room that comes back continues its presence seqs.
@@ -163,7 +160,10 @@ async fn expired_rooms_leave_the_room_list() {
         let store = &backend.store;
         let (r, a) = (room("brief"), user("a"));
         store.join(&join(&r, &a)).await.expect("join");
-        store.post(&r, &draft("a", "soon gone")).await.expect("post");
+        store
+            .post(&r, &draft("a", "soon gone"))
+            .await
+            .expect("post");
         store.go_offline(&r, &a).await.expect("offline");
         assert_eq!(store.rooms().await.expect("rooms").len(), 1);
         // Wait (bounded) for Redis to expire the keys: nothing of the room is left.
