@@ -37,6 +37,28 @@ pub enum BackendError {
     /// help; only raised when opening a backend.
     #[error("invalid backend configuration: {0}")]
     Config(String),
+    /// The call would create state beyond a configured cap (a new room, a new inbox). Nothing was
+    /// stored; what already exists keeps working. Retrying succeeds once unused state is freed.
+    #[error("backend limit reached: {0}")]
+    Full(Limit),
+}
+
+/// Which cap refused a call ([`BackendError::Full`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `limits.max_rooms`: no new room.
+    Rooms,
+    /// `limits.max_inboxes`: no new direct-message inbox.
+    Inboxes,
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Limit::Rooms => "too many rooms",
+            Limit::Inboxes => "too many inboxes",
+        })
+    }
 }
 
 /// Result of backend calls.

@@ -19,10 +19,7 @@ where
     F: Fn(Backend) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    check(memory::open(MemoryConfig {
-        history_per_room: CAP,
-    }))
-    .await;
+    check(memory::open(MemoryConfig::unbounded(CAP))).await;
     let server = RedisServer::start().await;
     let mut cfg = config(&server, "n1");
     cfg.history_per_room = CAP;
@@ -260,6 +257,38 @@ async fn a_post_is_published_only_to_subscribed_rooms() {
             })
             .collect();
         assert_eq!(messages, vec!["here".to_owned()]);
+    })
+    .await;
+}
+
+/// `login` + `logout` leaves nothing listed behind (measured weakness 2: room ids must not be
+/// usable to fill memory); a room whose members left but that has history stays, and keeps its
+/// epoch and seqs.
+#[tokio::test]
+async fn a_room_left_by_everyone_is_listed_only_while_it_holds_messages() {
+    both(|backend| async move {
+        let store = &backend.store;
+        let a = user("a");
+        for i in 0..20 {
+            let r = room(&format!("empty{i}"));
+            store.join(&join(&r, &a)).await.expect("join");
+            store.leave(&r, &a).await.expect("leave");
+        }
+        let kept = room("kept");
+        let joined = store.join(&join(&kept, &a)).await.expect("join");
+        store.post(&kept, &draft("a", "stay")).await.expect("post");
+        store.leave(&kept, &a).await.expect("leave");
+        let listed: Vec<String> = store
+            .rooms()
+            .await
+            .expect("rooms")
+            .into_iter()
+            .map(|r| r.room_id.to_string())
+            .collect();
+        assert_eq!(listed, vec!["kept"]);
+        let again = store.join(&join(&kept, &a)).await.expect("join");
+        assert_eq!(again.head.epoch, joined.head.epoch);
+        assert_eq!(again.head.seq, 1);
     })
     .await;
 }

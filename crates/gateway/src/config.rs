@@ -81,6 +81,8 @@ pub struct LimitSettings {
     pub login_timeout_secs: u64,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    pub max_rooms: usize,
+    pub max_inboxes: usize,
 }
 
 /// `[history]`
@@ -90,6 +92,8 @@ pub struct LimitSettings {
 pub struct HistorySettings {
     pub per_room: usize,
     pub max_page: u32,
+    pub max_bytes_per_room: usize,
+    pub max_bytes_total: usize,
 }
 
 /// `[offline]`
@@ -295,6 +299,9 @@ impl Settings {
         }
         if self.history.per_room == 0 || self.history.max_page == 0 {
             return invalid("history.per_room and history.max_page must be positive");
+        }
+        if self.limits.max_rooms == 0 || self.limits.max_inboxes == 0 {
+            return invalid("limits.max_rooms and limits.max_inboxes must be positive");
         }
         if self.presence.ttl_secs < 2 {
             return invalid(

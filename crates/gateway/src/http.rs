@@ -26,7 +26,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chat_backend::BackendError;
+use chat_backend::{BackendError, Limit};
 use chat_protocol::client::DEFAULT_HISTORY_PAGE;
 use chat_protocol::server::HistoryPage;
 use chat_protocol::{ErrorCode, RoomId};
@@ -150,12 +150,25 @@ fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     (status, Json(json!({ "code": code, "message": message }))).into_response()
 }
 
+/// The protocol's error code for a cap of the backend.
+pub(crate) fn limit_code(limit: Limit) -> ErrorCode {
+    match limit {
+        Limit::Rooms => ErrorCode::RoomLimit,
+        Limit::Inboxes => ErrorCode::InboxLimit,
+    }
+}
+
 fn backend_error(e: BackendError) -> Response {
     match e {
         BackendError::Unavailable(_) => api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
             "backend unavailable; retry later",
+        ),
+        BackendError::Full(limit) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limit_code(limit),
+            "the node is at a configured limit; retry later",
         ),
         BackendError::Corrupt(detail) | BackendError::Config(detail) => {
             tracing::error!(%detail, "backend failed");

@@ -62,14 +62,24 @@ use crate::node::Node;
 /// Errors that stop a node from starting.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The embedded backend's settings, from the node's.
+pub fn memory_config(settings: &Settings) -> MemoryConfig {
+    MemoryConfig {
+        history_per_room: settings.history.per_room,
+        history_bytes_per_room: settings.history.max_bytes_per_room,
+        history_bytes_total: settings.history.max_bytes_total,
+        max_rooms: settings.limits.max_rooms,
+        max_inboxes: settings.limits.max_inboxes,
+        retention: Duration::from_secs(settings.offline.ttl_secs),
+    }
+}
+
 /// Opens the backend the settings ask for: the embedded one when `redis.url` is empty, else Redis.
 /// Redis need not be up yet (the node serves and reports not ready until it is); a configuration
 /// error fails at once.
 pub async fn open_backend(settings: &Settings, node_id: &str) -> Result<Backend, BoxError> {
     if settings.redis.url.is_empty() {
-        return Ok(memory::open(MemoryConfig {
-            history_per_room: settings.history.per_room,
-        }));
+        return Ok(memory::open(memory_config(settings)));
     }
     let config = chat_backend::redis_backend::RedisConfig {
         url: settings.redis.url.clone(),

@@ -185,6 +185,17 @@ fn unavailable(e: BackendError) -> ProtocolError {
             ErrorCode::Unavailable,
             "the chat backend is unavailable; send it again later",
         ),
+        BackendError::Full(limit) => ProtocolError::new(
+            crate::http::limit_code(limit),
+            match limit {
+                chat_backend::Limit::Rooms => {
+                    "this node holds as many rooms as limits.max_rooms allows; join an existing room or try again later"
+                }
+                chat_backend::Limit::Inboxes => {
+                    "this node holds as many direct-message inboxes as limits.max_inboxes allows; try again later"
+                }
+            },
+        ),
         BackendError::Corrupt(detail) | BackendError::Config(detail) => {
             tracing::error!(%detail, "backend failed");
             ProtocolError::new(ErrorCode::Internal, "internal error; nothing was stored")

@@ -18,9 +18,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let backend = memory::open(MemoryConfig {
-        history_per_room: 100,
-    });
+    let backend = memory::open(MemoryConfig::unbounded(100));
     let hub = Hub::new(backend.store.clone(), backend.broker.clone());
     let (tx, rx) = outbox::channel(64);
     let conn = ConnHandle::new(hub.next_conn_id(), tx);

@@ -44,6 +44,13 @@ pub enum ErrorCode {
     /// Too many posts or joins per second (`limits.posts_per_second`, `limits.joins_per_second`).
     /// Nothing was stored; send it again after `retryAfterMs` (carried in the message).
     RateLimited,
+    /// The node (embedded backend) holds as many rooms as `limits.max_rooms` allows: a `login`
+    /// that would create a new room is refused. Rooms that already exist keep working; one frees
+    /// up when an unused room is dropped (see docs/security.md). Retriable later.
+    RoomLimit,
+    /// The node (embedded backend) holds as many direct-message inboxes as `limits.max_inboxes`
+    /// allows: a direct message to a user who has no inbox yet is refused. Retriable later.
+    InboxLimit,
 }
 
 impl ErrorCode {
@@ -51,7 +58,11 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::RateLimited
+            ErrorCode::Unavailable
+                | ErrorCode::Internal
+                | ErrorCode::RateLimited
+                | ErrorCode::RoomLimit
+                | ErrorCode::InboxLimit
         )
     }
 
@@ -73,6 +84,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::RoomLimit => "room_limit",
+            ErrorCode::InboxLimit => "inbox_limit",
         }
     }
 }

@@ -61,7 +61,8 @@ pub struct RedisConfig {
     /// Messages kept per room log and per direct-message inbox (`history.per_room`).
     pub history_per_room: usize,
     /// How long a user's read cursors (their offline position in each room) survive without any
-    /// activity (`offline.ttl_secs`).
+    /// activity (`offline.ttl_secs`). Also the TTL of every key of a room and of an inbox, renewed
+    /// by their activity (docs/redis.md): state nobody uses is freed after it.
     pub cursor_ttl_secs: u64,
     /// Connections in the command pool (`redis.pool_size`).
     pub pool_size: usize,

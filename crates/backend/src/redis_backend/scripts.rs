@@ -30,6 +30,7 @@ pub(crate) struct Scripts {
     pub(crate) reap: Script,
     pub(crate) advance_cursor: Script,
     pub(crate) advance_cursors: Script,
+    pub(crate) prune_rooms: Script,
 }
 
 impl Scripts {
@@ -45,11 +46,12 @@ impl Scripts {
             reap: script!("reap.lua"),
             advance_cursor: script!("advance_cursor.lua"),
             advance_cursors: script!("advance_cursors.lua"),
+            prune_rooms: script!("prune_rooms.lua"),
         }
     }
 
     /// Every script, for loading them all up front.
-    pub(crate) fn all(&self) -> [&Script; 10] {
+    pub(crate) fn all(&self) -> [&Script; 11] {
         [
             &self.post,
             &self.post_direct,
@@ -61,6 +63,7 @@ impl Scripts {
             &self.reap,
             &self.advance_cursor,
             &self.advance_cursors,
+            &self.prune_rooms,
         ]
     }
 }

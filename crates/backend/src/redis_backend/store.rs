@@ -242,6 +242,7 @@ impl Store for RedisStore {
             .arg(&self.node_id)
             .arg(self.presence_ttl_ms)
             .arg(Keys::cursor_field(&stream))
+            .arg(self.cursor_ttl_secs)
             .arg(self.cursor_ttl_secs);
         // Last, whatever comes before: emptied if this join creates the log's epoch.
         inv.key(self.keys.room_log(req.room))
@@ -275,7 +276,8 @@ impl Store for RedisStore {
             .key(self.keys.room_members(room))
             .key(self.keys.room_meta(room))
             .arg(user.as_str())
-            .arg(&self.node_id);
+            .arg(&self.node_id)
+            .arg(self.cursor_ttl_secs);
         let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
         let went_offline = flag(W, &next(W, &mut it)?)?;
         let counts = counts(W, &next(W, &mut it)?, &next(W, &mut it)?)?;
@@ -297,8 +299,13 @@ impl Store for RedisStore {
             .key(self.keys.cursors(user))
             .key(self.keys.nodes())
             .key(self.keys.room_meta(room))
+            .key(self.keys.rooms())
+            .key(self.keys.room_log(room))
+            .key(self.keys.room_ids(room))
             .arg(user.as_str())
-            .arg(Keys::cursor_field(&StreamKey::Room(room.clone())));
+            .arg(Keys::cursor_field(&StreamKey::Room(room.clone())))
+            .arg(self.cursor_ttl_secs)
+            .arg(room.as_str());
         let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
         let counts = counts(W, &next(W, &mut it)?, &next(W, &mut it)?)?;
         let presence_seq = reply::uint(W, &next(W, &mut it)?)?;
@@ -337,6 +344,9 @@ impl Store for RedisStore {
                     .arg(entry.epoch.as_str())
                     .arg(entry.joined_at);
             }
+            // Last, after the entries: the TTL of the rooms' keys, renewed while someone is
+            // connected so a quiet room does not expire under its members.
+            inv.arg(self.cursor_ttl_secs);
             let mut it = array(W, self.redis.script(W, &inv).await?)?.into_iter();
             while let Some(kind) = it.next() {
                 let kind = reply::int(W, &kind)?;
@@ -440,12 +450,17 @@ impl Store for RedisStore {
         inv.key(self.keys.room_meta(room))
             .key(self.keys.room_log(room))
             .key(self.keys.room_ids(room))
+            .key(self.keys.room_members(room))
+            .key(self.keys.room_names(room))
+            .key(self.keys.room_online(room))
+            .key(self.keys.room_conns(room))
             .arg(new_epoch())
             .arg(body)
             .arg(self.history_cap)
             .arg(self.keys.channel(&stream))
             .arg(post_id)
-            .arg(if check { "1" } else { "0" });
+            .arg(if check { "1" } else { "0" })
+            .arg(self.cursor_ttl_secs);
         let result = self.redis.script(W, &inv).await;
         self.types_seen.record(&[&stream], check, result.is_ok());
         let mut it = array(W, result?)?.into_iter();
@@ -494,7 +509,8 @@ impl Store for RedisStore {
         let streams = [StreamKey::Inbox(to.clone()), StreamKey::Inbox(from.clone())];
         let streams = [&streams[0], &streams[1]];
         let check = self.types_seen.must_check(&streams);
-        inv.arg(if check { "1" } else { "0" });
+        inv.arg(if check { "1" } else { "0" })
+            .arg(self.cursor_ttl_secs);
         let result = self.redis.script(W, &inv).await;
         self.types_seen.record(&streams, check, result.is_ok());
         let mut it = array(W, result?)?.into_iter();
@@ -523,7 +539,8 @@ impl Store for RedisStore {
         inv.key(self.keys.meta(stream))
             .key(self.keys.log(stream))
             .key(self.keys.ids(stream))
-            .arg(new_epoch());
+            .arg(new_epoch())
+            .arg(self.cursor_ttl_secs);
         if let StreamKey::Room(room) = stream {
             // Like the in-memory backend, a room exists (and is listed) from its first use.
             inv.key(self.keys.rooms()).arg(room.as_str());
@@ -739,8 +756,16 @@ impl Store for RedisStore {
         }
         let mut it = self.redis.pipeline(W, &pipe).await?.into_iter();
         let mut out = Vec::with_capacity(rooms.len());
+        let mut expired = Vec::new();
         for room in rooms {
             let (meta, num, total) = (next(W, &mut it)?, next(W, &mut it)?, next(W, &mut it)?);
+            if let Value::Array(fields) = &meta
+                && fields.iter().all(|f| *f == Value::Nil)
+            {
+                // Its keys expired (or it was never more than a name in the list).
+                expired.push(room);
+                continue;
+            }
             let summary = (|| -> Result<RoomSummary> {
                 let mut meta = array(W, meta)?.into_iter();
                 let name = reply::opt_string(W, next(W, &mut meta)?)?;
@@ -762,6 +787,17 @@ impl Store for RedisStore {
             match summary {
                 Ok(summary) => out.push(summary),
                 Err(e) => tracing::warn!(%room, error = %e, "skipping an unreadable room"),
+            }
+        }
+        if !expired.is_empty() {
+            let mut inv = self.scripts.prune_rooms.prepare_invoke();
+            inv.key(self.keys.rooms());
+            for room in &expired {
+                inv.key(self.keys.room_meta(room)).arg(room.as_str());
+            }
+            // The list is right without it; a failed prune is retried by the next listing.
+            if let Err(e) = self.redis.script("prune_rooms", &inv).await {
+                tracing::debug!(error = %e, "could not prune expired rooms from the room list");
             }
         }
         Ok(out)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_backend::Broker;
-use chat_backend::memory::{self, MemoryConfig};
+use chat_backend::memory;
 use chat_gateway::config::Settings;
 use chat_gateway::hub::{ConnHandle, Outbound};
 use chat_gateway::node::Node;
@@ -49,9 +49,7 @@ impl Harness {
     }
 
     fn with(settings: Settings, wrap: impl FnOnce(Arc<dyn Broker>) -> Arc<dyn Broker>) -> Self {
-        let backend = memory::open(MemoryConfig {
-            history_per_room: settings.history.per_room,
-        });
+        let backend = memory::open(chat_gateway::memory_config(&settings));
         let broker = wrap(backend.broker);
         let shutdown = CancellationToken::new();
         let pump = shutdown.child_token();

@@ -205,6 +205,24 @@ local function next_presence_seq(meta)
   return redis.call('HINCRBY', meta, 'pseq', 1)
 end
 
+-- Keys of one room (or one inbox) expire together, `ttl` seconds (offline.ttl_secs) after the last
+-- activity that refreshed them: a join or post for a room, a post or head for an inbox, a presence
+-- refresh while someone is connected. EXPIRE on a key that does not exist does nothing; a key
+-- created later by the same stream is given the TTL by the activity that creates it.
+local function keep(ttl, ...)
+  for _, key in ipairs({...}) do
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+
+-- A key a script may have just created (HINCRBY of a presence seq on an expired room) gets the
+-- TTL if it has none, so nothing of a room outlives it without one.
+local function keep_if_unset(ttl, key)
+  if redis.call('TTL', key) == -1 then
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+
 -- A command whose failure (damaged data: a wrong type, a number that is not one) must not stop a
 -- batch script: the result, or nil and the error. Batch scripts skip the entry instead of failing
 -- every other entry with it, and check nothing up front (a TYPE per key per entry cost more than

@@ -1,6 +1,6 @@
 -- Store::go_offline: this node has no connection of the user in the room anymore.
 -- KEYS[1] online ZSET, KEYS[2] conns ZSET, KEYS[3] nodes ZSET, KEYS[4] members SET, KEYS[5] room meta
--- ARGV[1] user, ARGV[2] node id
+-- ARGV[1] user, ARGV[2] node id, ARGV[3] room TTL s
 -- Returns {went offline 0/1, num, total, presence seq of the change}.
 --
 -- The user stays online if another live node still holds an unexpired `user|node` entry. Only
@@ -37,5 +37,7 @@ else
   went = redis.call('ZREM', KEYS[1], user)
 end
 local pseq = next_presence_seq(KEYS[5])
+keep_if_unset(ARGV[3], KEYS[5])
+keep_if_unset(ARGV[3], KEYS[1])
 local num, total = counts(KEYS[1], KEYS[4], now)
 return {went, num, total, pseq}

@@ -3,7 +3,7 @@
 -- KEYS[5] conns ZSET, KEYS[6] rooms SET, KEYS[7] the user's cursors HASH, KEYS[8] nodes ZSET
 -- ARGV[1] user, ARGV[2] user name, ARGV[3] room name ('' = none given), ARGV[4] room id,
 -- ARGV[5] epoch candidate, ARGV[6] node id, ARGV[7] presence TTL ms, ARGV[8] cursor field,
--- ARGV[9] cursor TTL s
+-- ARGV[9] cursor TTL s, ARGV[10] room TTL s (every key of the room, see `keep`)
 -- Returns {room name, epoch, seq text, num, total, came online 0/1, new member 0/1,
 -- cursor (`seq:epoch` or a legacy plain seq) or '', presence seq of this join}.
 --
@@ -60,5 +60,6 @@ if cursor ~= '' then
   redis.call('EXPIRE', KEYS[7], ARGV[9])
 end
 local pseq = next_presence_seq(KEYS[1])
+keep(ARGV[10], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[#KEYS - 1], KEYS[#KEYS])
 local num, total = counts(KEYS[4], KEYS[2], now)
 return {name, epoch, seq, num, total, came_online, new_member, cursor, pseq}

@@ -1,8 +1,10 @@
 -- Store::post: append to a room log and publish, atomically; idempotent per (user, clientMsgId).
--- KEYS[1] room meta HASH, KEYS[2] room log ZSET, KEYS[3] post ids ZSET (all of one room)
+-- KEYS[1] room meta HASH, KEYS[2] room log ZSET, KEYS[3] post ids ZSET, KEYS[4] members SET,
+-- KEYS[5] names HASH, KEYS[6] online ZSET, KEYS[7] conns ZSET (all of one room: their TTLs are
+-- renewed together)
 -- ARGV[1] epoch candidate, ARGV[2] body JSON, ARGV[3] log cap, ARGV[4] room channel,
 -- ARGV[5] `user|clientMsgId`, or '' for a post without a clientMsgId, ARGV[6] '1' to check the
--- key types first (see read_log)
+-- key types first (see read_log), ARGV[7] room TTL s
 -- Returns {seq, epoch, ts, duplicate, conflict}: of the new message ({..., 0, 0}), or of the
 -- earlier one with the same id ({..., 1, conflict}: a retry after a timeout or an `unavailable`
 -- whose first attempt did land, or with conflict = 1 a reuse of the id for other content), which
@@ -21,5 +23,6 @@ end
 local ts = now_ms()
 local seq, epoch, frame = append(log, ARGV[1], ARGV[2], ts, cap)
 remember_post(log.ids, id, seq, cap)
+keep(ARGV[7], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 redis.call('PUBLISH', ARGV[4], frame)
 return {seq, epoch, ts, 0, 0}

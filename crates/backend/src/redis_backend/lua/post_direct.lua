@@ -7,7 +7,7 @@
 -- ARGV[1] recipient epoch candidate, ARGV[2] sender epoch candidate, ARGV[3] body JSON,
 -- ARGV[4] log cap, ARGV[5] recipient channel, ARGV[6] sender channel, ARGV[7] `to|clientMsgId`
 -- or '', ARGV[8] '1' when sender and recipient are the same user, ARGV[9] '1' to check the key
--- types first (see read_log)
+-- types first (see read_log), ARGV[10] inbox TTL s
 -- Returns {recipient seq, recipient epoch, sender seq, sender epoch, ts, 0} for a new message, or
 -- {0, '', sender seq, sender epoch, ts, conflict} of the earlier one for a retry (nothing stored
 -- or sent); conflict is 1 when the earlier message's content differs (the id was reused).
@@ -37,6 +37,7 @@ if sender ~= recipient then
   sseq, sepoch, sframe = append(sender, ARGV[2], ARGV[3], ts, cap)
 end
 remember_post(sender.ids, id, sseq, cap)
+keep(ARGV[10], KEYS[1], KEYS[2], KEYS[6], KEYS[3], KEYS[4], KEYS[5])
 redis.call('PUBLISH', ARGV[5], rframe)
 if sframe then
   redis.call('PUBLISH', ARGV[6], sframe)

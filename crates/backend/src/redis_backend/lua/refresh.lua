@@ -10,7 +10,7 @@
 -- KEYS[1] nodes ZSET, KEYS[2] rooms SET, then for entry i (stride 5, from KEYS[3]): conns ZSET,
 -- online ZSET, members SET, names HASH, meta HASH of its room
 -- ARGV[1] node id, ARGV[2] lease ms, then for entry i (stride 5, from ARGV[3]): user, room id,
--- user name, epoch at the join, presence seq of the join
+-- user name, epoch at the join, presence seq of the join; last, ARGV[#ARGV] the rooms' key TTL s
 -- Returns {kind, entry index (1-based), presence seq, num, total} per reported entry, flattened:
 -- kind 1 = put back online (revived), kind 2 = departed.
 check_type(KEYS[1], 'zset')
@@ -22,6 +22,22 @@ redis.call('ZADD', KEYS[1], 'GT', exp, node)
 -- Nodes that stopped refreshing: their conns entries have expired too.
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now))
 local out = {}
+local room_ttl = tonumber(ARGV[#ARGV])
+-- A room with a live connection must not expire under it: its keys are renewed when less than
+-- half their TTL is left (one PTTL per distinct room and call; the EXPIREs about twice per TTL).
+local renewed_rooms = {}
+local function keep_room(conns, online, members, names, meta)
+  if renewed_rooms[meta] then
+    return
+  end
+  renewed_rooms[meta] = true
+  local left = try('PTTL', meta)
+  if left ~= nil and left < room_ttl * 500 then
+    for _, key in ipairs({conns, online, members, names, meta}) do
+      try('EXPIRE', key, room_ttl)
+    end
+  end
+end
 local function report(kind, n, pseq, online, members)
   local num = try('ZCOUNT', online, '(' .. int(now), '+inf') or 0
   local total = try('SCARD', members) or 0
@@ -72,6 +88,7 @@ for i = 3, #KEYS, 5 do
             report(1, n, pseq, online, members)
           end
         end
+        keep_room(conns, online, members, names, meta)
       end
     end
   end
