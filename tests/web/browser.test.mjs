@@ -221,6 +221,38 @@ test('someone closes the page, messages arrive, they come back and see them unde
   await dave.close();
 });
 
+test('away longer than the history lasts: the page marks the messages that are gone, then shows the rest once', async () => {
+  // The room keeps 3 messages: 6 posted while Carol is away leave a hole the replay cannot fill.
+  const gateway = await startGateway({ label: 'e2e-gap', env: { CHAT__HISTORY__PER_ROOM: '3' } });
+  const carol = await newContext();
+  const dave = await newContext();
+  const pc = await openChat(carol, gateway.url, 'Carol');
+  await enterRoom(pc, 'music');
+  const pd = await openChat(dave, gateway.url, 'Dave');
+  await enterRoom(pd, 'music');
+  await send(pd, 'before the hole');
+  await waitText(pc, '#messages .msg[data-seq] .bubble .text', 'before the hole');
+  await pc.close();
+  await waitText(pd, '#messages .sys', 'Carol went offline');
+  const missed = ['away 1', 'away 2', 'away 3', 'away 4', 'away 5', 'away 6'];
+  for (const text of missed) await send(pd, text);
+  await waitText(pd, '#messages .msg.own[data-seq] .bubble .text', missed[5]);
+
+  const pc2 = await openChat(carol, gateway.url, null);
+  await pc2.locator('#room-list .card[data-room="music"]').click();
+  await waitText(pc2, '#messages .divider-gap', 'Some messages you missed are no longer kept');
+  await pc2.waitForFunction(() => [...document.querySelectorAll('#messages .msg[data-seq] .bubble .text')].some((n) => n.textContent === 'away 6'));
+  const order = await pc2.evaluate(() => [...document.querySelectorAll('#messages .msg[data-seq] .bubble .text, #messages .divider-gap')].map((n) => (n.classList.contains('divider-gap') ? '--gap--' : n.textContent)));
+  const gapAt = order.indexOf('--gap--');
+  assert.ok(gapAt >= 0, `a gap mark: ${order}`);
+  assert.deepEqual(order.slice(gapAt + 1), missed.slice(3), 'the messages history still holds come after the mark, each once');
+  assert.equal(order.filter((x) => x === '--gap--').length, 1, 'one mark');
+  assert.ok(!order.slice(gapAt + 1).includes('away 3'), 'nothing from inside the hole');
+  noErrors(pc2);
+  await carol.close();
+  await dave.close();
+});
+
 test('the gateway restarts: the page reconnects by itself and resumes with no gap', async () => {
   const redis = await startRedis();
   const env = { CHAT__REDIS__URL: redis.url, CHAT__PRESENCE__TTL_SECS: '4' };

@@ -473,6 +473,7 @@ function onJoined(j) {
   conv.num = j.num;
   conv.total = j.total;
   conv.online.add(state.me.userId);
+  if (!j.recovered) markGap(conv);
   if (j.replayed > 0) {
     conv.expectDivider = true;
     const old = conv.list.querySelector('.divider-new');
@@ -489,6 +490,18 @@ function onJoined(j) {
   if (state.active === conv.key) renderHeader();
   renderSidebar();
   if (!$('members').hidden && state.active === conv.key) renderMembers();
+}
+
+/**
+ * Marks where messages are missing for good: the server's history no longer reaches back to what
+ * this page had (it was away longer than the room's history lasts). The replay that follows goes
+ * below the mark.
+ */
+function markGap(conv) {
+  const last = conv.pending.previousElementSibling;
+  if (last && last.classList.contains('divider-gap')) return;
+  const mark = el('div', { class: 'divider-gap', role: 'separator' }, t('chat.gap'));
+  conv.list.insertBefore(mark, conv.pending);
 }
 
 function onMessage({ message, direct, own, peer }) {

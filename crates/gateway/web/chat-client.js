@@ -691,6 +691,10 @@ export class ChatClient {
       replayed: frame.replayed || 0,
       resumed,
       epochChanged,
+      // False when the replay does not reach back to this client's position: messages in between
+      // are no longer in the server's history (oldestSeq is the oldest one it still holds).
+      recovered: frame.recovered !== false,
+      oldestSeq: frame.oldestSeq ?? null,
     };
     this.emit('joined', detail);
     this.resolveJoin(room.roomId, detail);
