@@ -113,8 +113,12 @@ impl TokenBucket {
 /// connections (themselves capped by `limits.max_connections`).
 #[derive(Debug, Default)]
 pub struct UserBuckets {
-    buckets: Mutex<HashMap<String, (usize, Arc<Mutex<TokenBucket>>)>>,
+    /// User id → (connections holding it, the bucket).
+    buckets: Mutex<HashMap<String, SharedBucket>>,
 }
+
+/// How many connections share a user's bucket, and the bucket.
+type SharedBucket = (usize, Arc<Mutex<TokenBucket>>);
 
 /// One connection's share of its user's bucket; the entry is freed with the last share.
 #[derive(Debug)]

@@ -55,13 +55,16 @@ pub enum JoinVerdict {
     Overtaken,
 }
 
+/// Where a connection's join landed: the log's epoch and the room's presence seq.
+type JoinedAt = (Box<str>, u64);
+
 #[derive(Debug)]
 struct Entry {
     user_name: String,
     /// Local connections: `None` while the join is in flight, else its epoch and presence seq.
     /// A vector, not a map: a user has one or a few connections per room, and an empty `BTreeMap`
     /// node for one entry costs ~450 bytes per (room, user) at idle (docs/benchmarks.md).
-    conns: Vec<(ConnId, Option<(Box<str>, u64)>)>,
+    conns: Vec<(ConnId, Option<JoinedAt>)>,
     /// Highest presence seq of a `left` applied to this user here: joins at or below it are void.
     left_at: u64,
 }
