@@ -303,7 +303,9 @@ async fn the_last_message_lost_by_pubsub_arrives_without_a_later_one() {
 }
 
 /// A pattern row of docs/redis.md's key table: (regex-ish parts, type).
-fn documented_keys() -> Vec<(String, String)> {
+/// The key table of docs/redis.md: (pattern, type, whether the key itself has a TTL — its
+/// expiry column names one: room TTL, inbox TTL or `cursor_ttl_secs`).
+fn documented_keys() -> Vec<(String, String, bool)> {
     let doc = chat_tests::read_to_string(&chat_tests::workspace_root().join("docs/redis.md"));
     let mut rows = Vec::new();
     for line in doc.lines() {
@@ -317,7 +319,14 @@ fn documented_keys() -> Vec<(String, String)> {
             && kind.chars().all(|c| c.is_ascii_uppercase())
             && !kind.is_empty()
         {
-            rows.push((key.trim_matches('`').to_owned(), kind.to_lowercase()));
+            // The expiry column is the last (contents may hold escaped `\|`).
+            let expiry = cells[cells.len() - 2];
+            let expires = expiry.contains("TTL") || expiry.contains("ttl");
+            rows.push((
+                key.trim_matches('`').to_owned(),
+                kind.to_lowercase(),
+                expires,
+            ));
         }
     }
     rows
@@ -383,13 +392,15 @@ async fn the_keys_in_redis_are_the_documented_ones() {
         "expected the scenario's keys, got {keys:?}"
     );
     for key in &keys {
-        let Some((pattern, kind)) = documented.iter().find(|(p, _)| matches_pattern(key, p)) else {
+        let Some((pattern, kind, expires)) =
+            documented.iter().find(|(p, _, _)| matches_pattern(key, p))
+        else {
             panic!("key {key} is not documented in docs/redis.md");
         };
         let actual = cluster.redis_cli(&["TYPE", key]);
         assert_eq!(&actual, kind, "{key} (documented as {pattern})");
         let ttl: i64 = cluster.redis_cli(&["TTL", key]).parse().unwrap_or(-3);
-        if key.ends_with(":cursors") {
+        if *expires {
             assert!(ttl > 0, "{key} must expire (offline.ttl_secs), TTL {ttl}");
         } else {
             assert_eq!(ttl, -1, "{key} is documented without expiry");

@@ -162,6 +162,8 @@ async fn full_4kb_histories_are_bounded_by_the_byte_caps() {
         ("CHAT__HISTORY__MAX_BYTES_TOTAL", &TOTAL.to_string()),
         ("CHAT__LIMITS__POSTS_PER_SECOND", "100000"),
         ("CHAT__LIMITS__POSTS_BURST", "100000"),
+        ("CHAT__LIMITS__USER_POSTS_PER_SECOND", "100000"),
+        ("CHAT__LIMITS__USER_POSTS_BURST", "100000"),
     ])
     .await;
     let before = rss_kib(gw.pid());

@@ -46,6 +46,9 @@ async fn a_client_that_stops_reading_is_cut_long_before_the_write_timeout() {
         ("CHAT__HEARTBEAT__TIMEOUT_SECS", "600"),
         ("CHAT__OFFLINE__MAX_PER_ROOM", "1000"),
         ("CHAT__HISTORY__PER_ROOM", "1000"),
+        // Every 60 KB post must stay in history for the replay at the end (the default byte cap
+        // of a room's log, 1 MiB, would keep the last 17).
+        ("CHAT__HISTORY__MAX_BYTES_PER_ROOM", "67108864"),
     ])
     .await;
     let mut stuck = RawClient::connect(gw.addr()).await;
