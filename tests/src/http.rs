@@ -109,3 +109,31 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         data = data.get(size + 2..)?;
     }
 }
+
+/// A GET of `path` with extra request headers over a fresh connection (`Connection: close`), for
+/// the header rules [`http_get`] does not exercise (tokens, origins): the status code (0 when the
+/// answer has none) and the raw answer, head and body as sent.
+pub async fn get_with_headers(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&raw).into_owned())
+    };
+    let text = tokio::time::timeout(default_timeout(), exchange)
+        .await
+        .expect("http timed out")
+        .expect("http");
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}

@@ -11,7 +11,7 @@ use chat_tests::serde_json::{Value, json};
 use chat_tests::{Client, Gateway, TestDir, default_timeout, wait_until};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -220,23 +220,8 @@ fn base64url(bytes: &[u8]) -> String {
 
 /// `GET /api/rooms` with the token: the status and body (200 accepted, 401 refused).
 async fn api_status(gw: &Gateway, token: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(gw.addr()).await?;
-        let request = format!(
-            "GET /api/rooms HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
-            gw.addr()
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let text = tokio::time::timeout(default_timeout(), exchange)
-        .await
-        .expect("http timed out")
-        .expect("http");
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, text)
+    let bearer = format!("Bearer {token}");
+    chat_tests::http::get_with_headers(gw.addr(), "/api/rooms", &[("Authorization", &bearer)]).await
 }
 
 async fn start_gateway(

@@ -10,7 +10,6 @@ use chat_tests::chat_protocol::{ErrorCode, ServerFrame};
 use chat_tests::serde_json::{Value, json};
 use chat_tests::{Client, Gateway, RawClient, TestDir, default_timeout, gateway_bin};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -48,26 +47,8 @@ async fn connect_as(gw: &Gateway, sub: &str) -> Client {
 
 /// A GET with extra headers; returns the status and the body.
 async fn http(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        for (k, v) in headers {
-            request.push_str(&format!("{k}: {v}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let text = tokio::time::timeout(default_timeout(), exchange)
-        .await
-        .expect("http timed out")
-        .expect("http");
-    let status = text
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status: {text}"));
+    let (status, text) = chat_tests::http::get_with_headers(addr, path, headers).await;
+    assert_ne!(status, 0, "no status: {text}");
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
