@@ -9,8 +9,9 @@
 # ends or the script exits. Variants are interleaved within each kind of measurement, so they
 # are compared as ratios within a run.
 #
-# Knobs (environment): IMPLS, ROUNDS (1), IDLE_CLIENTS (5000), RECEIVERS (500), RATE (200 posts/s),
-# SECS (10), IDLE_SECS (2), BASE_PORT (19300). If /tmp/bench-stop exists, the script waits before
+# Knobs (environment): IMPLS, ROUNDS (1), IDLE_CLIENTS (5000; 0 skips the idle runs), RECEIVERS
+# (500), RATE (200 posts/s), SECS (10), CONTENTS ("100 1024", bytes of text per post), IDLE_SECS (2),
+# BASE_PORT (19300). If /tmp/bench-stop exists, the script waits before
 # each measurement until it is gone.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -22,6 +23,7 @@ RECEIVERS=${RECEIVERS:-500}
 RATE=${RATE:-200}
 SECS=${SECS:-10}
 IDLE_SECS=${IDLE_SECS:-2}
+CONTENTS=${CONTENTS:-"100 1024"}
 port=${BASE_PORT:-19300}
 
 ulimit -n 20000
@@ -76,10 +78,12 @@ measure() { # impl, driver args...
 
 for round in $(seq "$ROUNDS"); do
     echo "== round $round" | tee -a "$out"
-    for impl in $IMPLS; do
-        measure "$impl" --mode idle --clients "$IDLE_CLIENTS" --secs "$IDLE_SECS"
-    done
-    for content in 100 1024; do
+    if ((IDLE_CLIENTS > 0)); then
+        for impl in $IMPLS; do
+            measure "$impl" --mode idle --clients "$IDLE_CLIENTS" --secs "$IDLE_SECS"
+        done
+    fi
+    for content in $CONTENTS; do
         for impl in $IMPLS; do
             measure "$impl" --mode fanout --clients "$RECEIVERS" --rate "$RATE" --secs "$SECS" \
                 --content-bytes "$content"
