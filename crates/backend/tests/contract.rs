@@ -292,3 +292,31 @@ async fn a_room_left_by_everyone_is_listed_only_while_it_holds_messages() {
     })
     .await;
 }
+
+/// A node's periodic sync reads the heads of every stream it delivers, outside its lock; a room
+/// dropped meanwhile (its last member logged out) must stay dropped. `heads` reports a stream
+/// with no log as absent and creates nothing (the embedded backend used to create the room, which
+/// then stayed listed: `memory_bounds.rs` saw a stray `junk-N` room now and then).
+#[tokio::test]
+async fn reading_heads_creates_no_room_or_inbox() {
+    both(|backend| async move {
+        let store = &backend.store;
+        let a = user("a");
+        let gone = room("gone");
+        store.join(&join(&gone, &a)).await.expect("join");
+        store.leave(&gone, &a).await.expect("leave");
+        let never = [
+            StreamKey::Room(room("never")),
+            StreamKey::Inbox(user("nobody")),
+        ];
+        let heads = store.heads(&never).await.expect("heads");
+        assert!(heads.iter().all(Option::is_none), "{heads:?}");
+        store
+            .heads(&[StreamKey::Room(gone.clone())])
+            .await
+            .expect("heads");
+        let listed = store.rooms().await.expect("rooms");
+        assert!(listed.is_empty(), "{listed:?}");
+    })
+    .await;
+}
