@@ -17,6 +17,7 @@
 //! The browser chat (`/`, `/chat-client.js`, its assets and `/api/web-config`) is in [`crate::web`];
 //! a WebSocket upgrade of `/` (the legacy dialect, [`crate::legacy`]) is routed there too.
 
+use futures_util::FutureExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -138,11 +139,11 @@ pub(crate) fn accept(
         node.settings.websocket.compression == Compression::On && upgrade.deflate_offered();
     // The upgraded connection runs detached; the tracker lets shutdown wait for it.
     upgrade.on_upgrade(config, deflate, move |socket| {
-        tracker.track_future(async move {
-            ws::drive_with(socket, node, legacy, grant, deflate).await;
-            // The place is freed when the connection's task ends.
-            drop(slot);
-        })
+        // Built here, not inside an `async` block: the block would keep the socket and the
+        // arguments (~0.5 KiB) for the connection's whole life (see ws::drive_with).
+        let driver = ws::drive_with(socket, node, legacy, grant, deflate);
+        // The place is freed when the connection's task ends.
+        tracker.track_future(driver.map(move |()| drop(slot)))
     })
 }
 

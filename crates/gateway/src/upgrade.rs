@@ -8,6 +8,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
@@ -102,12 +104,16 @@ impl WsUpgrade {
         let deflate = deflate && self.deflate_offered;
         let config = config.accept_compressed_frames(deflate);
         let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
+        // The upgrade's state (the pending upgrade, the config, the stream being built) and the
+        // callback are boxed and gone once the socket is ready; the task then holds only the
+        // callback's future. An `async` block awaiting both would be sized for the sum and keep
+        // that size for the connection's whole life (~1 KiB of an idle connection).
+        let upgrading = Box::pin(async move {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(e) => {
                     tracing::debug!(error = %e, "websocket upgrade failed");
-                    return;
+                    return None;
                 }
             };
             let socket = WebSocketStream::from_raw_socket(
@@ -116,8 +122,9 @@ impl WsUpgrade {
                 Some(config),
             )
             .await;
-            callback(socket).await;
+            Some(callback(socket))
         });
+        tokio::spawn(upgrading.map(OptionFuture::from).flatten());
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

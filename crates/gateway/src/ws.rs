@@ -95,6 +95,15 @@ enum Ending {
     Gone,
 }
 
+/// What woke an idle connection (the driver's `select!`, handled after it).
+enum Event {
+    Killed(u16),
+    Shutdown,
+    Queued(Option<Outbound>),
+    Incoming(Option<Result<Message, tungstenite::Error>>),
+    Timer,
+}
+
 /// Runs one protocol v1 connection (without compression) to its end, then cleans up its session.
 pub async fn drive(socket: Socket, node: Arc<Node>) {
     drive_as(socket, node, false, false).await;
@@ -107,13 +116,18 @@ pub async fn drive_as(socket: Socket, node: Arc<Node>, legacy: bool, deflate: bo
 }
 
 /// [`drive_as`] for a connection whose token was verified at the upgrade (`auth.mode = "jwt"`).
-pub async fn drive_with(
+///
+/// Not an `async fn`: everything the connection keeps is built here and moved into one boxed
+/// future that holds each piece once. An `async fn` keeps its arguments twice for its whole life
+/// (as received, and moved into its body), and the caller's future would hold them a third time;
+/// for an idle connection that was ~1 KiB of its ~8 KiB (docs/benchmarks.md).
+pub fn drive_with(
     socket: Socket,
     node: Arc<Node>,
     legacy: bool,
     grant: Option<crate::auth::Grant>,
     deflate: bool,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let limits = &node.settings.limits;
     let (tx, rx) = crate::outbox::bounded(limits.outbound_queue, limits.outbound_queue_bytes);
     let mut conn = ConnHandle::new(node.hub.next_conn_id(), tx);
@@ -132,96 +146,116 @@ pub async fn drive_with(
         conn = conn.id,
         user = tracing::field::Empty
     );
-    // Boxed: the connection's whole state lives in one allocation of its own size. Inline, every
-    // async layer above it (the upgrade, the session tracker) would also keep its own copy of
-    // the arguments moved into it (heaptrack showed the task at ~4.2 KiB per idle connection).
-    Box::pin(drive_conn(socket, node, legacy, grant, encoder, conn, rx))
-        .instrument(span)
-        .await;
-}
-
-async fn drive_conn(
-    socket: Socket,
-    node: Arc<Node>,
-    legacy: bool,
-    grant: Option<crate::auth::Grant>,
-    encoder: Encoder,
-    conn: ConnHandle,
-    mut rx: crate::outbox::Receiver,
-) {
     let mut session = Session::new(node.clone(), conn.clone());
     if legacy {
         session = session.speaking_legacy();
     }
     if let Some(grant) = grant {
-        session.set_grant(grant);
+        // Inside the span: it records the token's user on it.
+        span.in_scope(|| session.set_grant(grant));
     }
-    let registration = node.drain.register(&conn);
-    if node.drain.is_draining() {
-        // Upgraded just as the drain began, after its sweep: close it like the others.
-        conn.kill(close::SERVICE_RESTART);
-    }
-    let opened = Instant::now();
-    metrics::counter!(crate::metrics::CONNECTIONS_OPENED).increment(1);
-    tracing::debug!(legacy, deflate = encoder.deflate, "connection open");
-    let (mut sink, mut stream) = socket.split();
-    let ending = run(
-        &node,
-        &conn,
+    span.in_scope(|| tracing::debug!(legacy, deflate, "connection open"));
+    let (sink, stream) = socket.split();
+    let parts = Parts {
+        node,
+        conn,
         encoder,
-        &mut session,
-        &mut sink,
-        &mut stream,
-        &mut rx,
-    )
-    .await;
-    drop(registration);
-    let (code, reason) = match &ending {
-        Ending::Close(code, reason) | Ending::Cut(code, reason) => (code.to_string(), *reason),
-        Ending::Gone => ("gone".to_owned(), "client gone"),
+        session,
+        sink,
+        stream,
+        rx,
     };
-    tracing::debug!(
-        code = %code,
-        reason,
-        secs = opened.elapsed().as_secs_f64(),
-        "connection closed"
-    );
-    metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "code" => code).increment(1);
+    Box::pin(drive_conn(parts)).instrument(span)
+}
 
-    if let Ending::Close(code, reason) | Ending::Cut(code, reason) = ending {
-        let frame = CloseFrame {
-            code: code.into(),
-            reason: Utf8Bytes::from_static(reason),
-        };
-        // The peer may be gone or stuck; do not let a close wait forever. One whose writes already
-        // stalled gets less: its close frame waits behind everything it did not read.
-        let grace = match ending {
-            Ending::Cut(..) => CUT_GRACE,
-            _ => Duration::from_secs(2),
-        };
-        let _ = timeout(grace, sink.send(Message::Close(Some(frame)))).await;
-    } else {
-        // The client closed: tungstenite has queued the RFC's Close reply; flushing sends it, so
-        // the client sees a clean close rather than a dropped connection (1006).
-        let _ = timeout(Duration::from_secs(2), sink.flush()).await;
-    }
-    // Closing the TCP connection while the client's frames are still arriving would make the
-    // kernel reset it, and a reset can discard the close frame before the client reads it (it
-    // then sees 1006). So the socket lingers, reading and discarding, until the client's Close
-    // or a short bound; the session's cleanup does not wait for it.
-    tokio::spawn(async move {
-        let _ = timeout(Duration::from_secs(2), async {
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
+/// What a running connection owns, moved into its driver in one piece.
+struct Parts {
+    node: Arc<Node>,
+    conn: ConnHandle,
+    encoder: Encoder,
+    session: Session,
+    sink: Sink,
+    stream: Stream,
+    rx: crate::outbox::Receiver,
+}
+
+fn drive_conn(parts: Parts) -> impl Future<Output = ()> + Send + 'static {
+    let Parts {
+        node,
+        conn,
+        encoder,
+        mut session,
+        mut sink,
+        mut stream,
+        mut rx,
+    } = parts;
+    // An `async move` block, not an `async fn`: it captures each of these once (see drive_with).
+    async move {
+        let registration = node.drain.register(&conn);
+        if node.drain.is_draining() {
+            // Upgraded just as the drain began, after its sweep: close it like the others.
+            conn.kill(close::SERVICE_RESTART);
+        }
+        let opened = Instant::now();
+        metrics::counter!(crate::metrics::CONNECTIONS_OPENED).increment(1);
+        let ending = run(
+            &node,
+            &conn,
+            encoder,
+            &mut session,
+            &mut sink,
+            &mut stream,
+            &mut rx,
+        )
         .await;
-        drop(sink);
-    });
-    // Boxed, like the session's other handlers: the connection's task stays small (see `run`).
-    Box::pin(session.finish()).await;
+        drop(registration);
+        let (code, reason) = match &ending {
+            Ending::Close(code, reason) | Ending::Cut(code, reason) => (code.to_string(), *reason),
+            Ending::Gone => ("gone".to_owned(), "client gone"),
+        };
+        tracing::debug!(
+            code = %code,
+            reason,
+            secs = opened.elapsed().as_secs_f64(),
+            "connection closed"
+        );
+        metrics::counter!(crate::metrics::CONNECTIONS_CLOSED, "code" => code).increment(1);
+
+        if let Ending::Close(code, reason) | Ending::Cut(code, reason) = ending {
+            let frame = CloseFrame {
+                code: code.into(),
+                reason: Utf8Bytes::from_static(reason),
+            };
+            // The peer may be gone or stuck; do not let a close wait forever. One whose writes already
+            // stalled gets less: its close frame waits behind everything it did not read.
+            let grace = match ending {
+                Ending::Cut(..) => CUT_GRACE,
+                _ => Duration::from_secs(2),
+            };
+            let _ = timeout(grace, sink.send(Message::Close(Some(frame)))).await;
+        } else {
+            // The client closed: tungstenite has queued the RFC's Close reply; flushing sends it, so
+            // the client sees a clean close rather than a dropped connection (1006).
+            let _ = timeout(Duration::from_secs(2), sink.flush()).await;
+        }
+        // Closing the TCP connection while the client's frames are still arriving would make the
+        // kernel reset it, and a reset can discard the close frame before the client reads it (it
+        // then sees 1006). So the socket lingers, reading and discarding, until the client's Close
+        // or a short bound; the session's cleanup does not wait for it.
+        tokio::spawn(async move {
+            let _ = timeout(Duration::from_secs(2), async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            drop(sink);
+        });
+        // Boxed, like the session's other handlers: the connection's task stays small (see `run`).
+        Box::pin(session.finish()).await;
+    }
 }
 
 async fn run(
@@ -275,63 +309,55 @@ async fn run(
             timer.as_mut().reset(wake);
         }
         // Unbiased on purpose: a busy room must not starve reading the client (its pongs keep it
-        // alive), and a chatty client must not starve its own deliveries.
-        tokio::select! {
-            code = conn.killed() => return Ending::Close(code, kill_reason(code)),
-            _ = node.shutdown.cancelled() => return Ending::Close(close::SERVICE_RESTART, "server restarting"),
-            item = rx.recv() => {
-                let Some(item) = item else { return Ending::Gone };
-                if !write_delay.is_zero() {
-                    // Let more frames queue up behind this one: one write for all of them.
-                    tokio::select! {
-                        _ = tokio::time::sleep(write_delay) => {}
-                        code = conn.killed() => return Ending::Close(code, kill_reason(code)),
+        // alive), and a chatty client must not starve its own deliveries. The select only picks
+        // what happened; it is handled below, once the branches' futures are gone, so the task
+        // is not sized for those futures and a handler's state at once (docs/benchmarks.md).
+        let event = tokio::select! {
+            code = conn.killed() => Event::Killed(code),
+            _ = node.shutdown.cancelled() => Event::Shutdown,
+            item = rx.recv() => Event::Queued(item),
+            incoming = stream.next() => Event::Incoming(incoming),
+            () = &mut timer => Event::Timer,
+        };
+        match event {
+            Event::Killed(code) => return Ending::Close(code, kill_reason(code)),
+            Event::Shutdown => return Ending::Close(close::SERVICE_RESTART, "server restarting"),
+            Event::Queued(item) => {
+                let Some(item) = item else {
+                    return Ending::Gone;
+                };
+                // Boxed like every write: the frame, the optional delay and the write's state exist
+                // only while it runs, not in every idle connection's task.
+                let written = Box::pin(async {
+                    if !write_delay.is_zero() {
+                        // Let more frames queue up behind this one: one write for all of them.
+                        tokio::select! {
+                            _ = tokio::time::sleep(write_delay) => {}
+                            code = conn.killed() => return Some(Ending::Close(code, kill_reason(code))),
+                        }
                     }
-                }
-                let write = write_batch(encoder, session, sink, rx, Some(item));
-                if let Some(ending) = Box::pin(watched(conn, write_timeout, write)).await {
+                    let write = write_batch(encoder, session, sink, rx, Some(item));
+                    watched(conn, write_timeout, write).await
+                })
+                .await;
+                if let Some(ending) = written {
                     return ending;
                 }
             }
-            incoming = stream.next() => {
+            Event::Incoming(incoming) => {
                 let message = match incoming {
                     None => return Ending::Gone,
                     Some(Err(e)) => return read_error(e),
                     Some(Ok(message)) => message,
                 };
                 last_heard = Instant::now();
-                match message {
-                    Message::Text(text) => {
-                        crate::metrics::hot().frames_in.increment(1);
-                        on_text(session, text.as_str()).await
-                    }
-                    Message::Binary(_) => session.on_binary(),
-                    // Only a compressed (RSV1) data frame comes as a raw frame (permessage-deflate).
-                    Message::Frame(frame) => {
-                        let text = frame.header().opcode == OpCode::Data(Data::Text);
-                        match deflate::inflate(frame.payload(), max_frame) {
-                            Err(Inflate::TooBig) => {
-                                return Ending::Close(close::MESSAGE_TOO_BIG, "frame too large");
-                            }
-                            Err(Inflate::Corrupt) => {
-                                return Ending::Close(INVALID_PAYLOAD, "bad compressed frame");
-                            }
-                            Ok(bytes) if text => match String::from_utf8(bytes) {
-                                Ok(text) => {
-                                    crate::metrics::hot().frames_in.increment(1);
-                                    on_text(session, &text).await
-                                }
-                                Err(_) => return Ending::Close(INVALID_PAYLOAD, "frame is not UTF-8"),
-                            },
-                            Ok(_) => session.on_binary(),
-                        }
-                    }
-                    // tungstenite answers pings itself; pongs only prove the client is alive.
-                    Message::Ping(_) | Message::Pong(_) => {}
-                    Message::Close(_) => return Ending::Gone,
+                // Boxed: a frame's state (the message, its inflated text, the session's handler)
+                // exists only while it is handled, not in every idle connection's task.
+                if let Some(ending) = Box::pin(on_message(session, message, max_frame)).await {
+                    return ending;
                 }
             }
-            () = &mut timer => {
+            Event::Timer => {
                 let now = Instant::now();
                 if now >= idle_at {
                     return Ending::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
@@ -348,7 +374,8 @@ async fn run(
                     // A late tick delays the next one rather than bunching them up.
                     next_ping = now + ping_interval;
                     // Boxed like every write: its state exists only while it runs.
-                    let write = async { sink.send(Message::Ping(Bytes::new())).await.map_err(|_| ()) };
+                    let write =
+                        async { sink.send(Message::Ping(Bytes::new())).await.map_err(|_| ()) };
                     if let Some(ending) = Box::pin(watched(conn, write_timeout, write)).await {
                         return ending;
                     }
@@ -388,11 +415,44 @@ async fn watched(
     }
 }
 
-/// Hands a text frame to the session. Boxed: the session's handlers (backend round trips, replays)
-/// are large state machines, and inlined they would make every connection's task as large as
-/// the largest of them for its whole life, idle or not. One allocation per inbound frame instead.
-async fn on_text(session: &mut Session, text: &str) {
-    Box::pin(session.on_text(text)).await;
+/// Handles one frame from the client; `Some` when the connection must end. Called boxed: the
+/// session's handlers (backend round trips, replays) are large state machines, and inlined they
+/// would make every connection's task as large as the largest of them for its whole life, idle or
+/// not. One allocation per inbound frame instead.
+async fn on_message(session: &mut Session, message: Message, max_frame: usize) -> Option<Ending> {
+    match message {
+        Message::Text(text) => {
+            crate::metrics::hot().frames_in.increment(1);
+            session.on_text(text.as_str()).await
+        }
+        Message::Binary(_) => session.on_binary(),
+        // Only a compressed (RSV1) data frame comes as a raw frame (permessage-deflate).
+        Message::Frame(frame) => {
+            let text = frame.header().opcode == OpCode::Data(Data::Text);
+            match deflate::inflate(frame.payload(), max_frame) {
+                Err(Inflate::TooBig) => {
+                    return Some(Ending::Close(close::MESSAGE_TOO_BIG, "frame too large"));
+                }
+                Err(Inflate::Corrupt) => {
+                    return Some(Ending::Close(INVALID_PAYLOAD, "bad compressed frame"));
+                }
+                Ok(bytes) if text => match String::from_utf8(bytes) {
+                    Ok(text) => {
+                        crate::metrics::hot().frames_in.increment(1);
+                        session.on_text(&text).await
+                    }
+                    Err(_) => {
+                        return Some(Ending::Close(INVALID_PAYLOAD, "frame is not UTF-8"));
+                    }
+                },
+                Ok(_) => session.on_binary(),
+            }
+        }
+        // tungstenite answers pings itself; pongs only prove the client is alive.
+        Message::Ping(_) | Message::Pong(_) => {}
+        Message::Close(_) => return Some(Ending::Gone),
+    }
+    None
 }
 
 /// Writes the session's replies, then `first` and whatever else the hub has queued, then flushes
