@@ -121,8 +121,9 @@ pub struct Reply {
 pub struct Session {
     node: Arc<Node>,
     conn: ConnHandle,
-    /// `Some` when the connection speaks the legacy dialect.
-    legacy: Option<Edge>,
+    /// `Some` when the connection speaks the legacy dialect. Boxed, like `grant`: most
+    /// connections have neither, and every idle connection would pay their size inline.
+    legacy: Option<Box<Edge>>,
     user: Option<Identity>,
     rooms: HashMap<RoomId, Progress>,
     inbox: Option<Progress>,
@@ -132,7 +133,7 @@ pub struct Session {
     /// Unacknowledged frames of an acking connection, for resending (see [`crate::delivery`]).
     tracker: Tracker<Utf8Bytes>,
     /// The verified token, in `auth.mode = "jwt"`.
-    grant: Option<Grant>,
+    grant: Option<Box<Grant>>,
     /// When the connection opened (the auth and login timeouts count from here).
     opened: Instant,
     /// True once a `login` succeeded: the login timeout no longer applies.
@@ -236,7 +237,7 @@ impl Session {
     /// Authenticates the connection with a token verified at the upgrade.
     pub fn set_grant(&mut self, grant: Grant) {
         tracing::Span::current().record("user", grant.user_id.as_str());
-        self.grant = Some(grant);
+        self.grant = Some(Box::new(grant));
     }
 
     /// When the driver must act if nothing changes before, and the close code it will use: the
@@ -358,7 +359,7 @@ impl Session {
     /// attaches) is marked too, so the hub hands it a translation slot with each broadcast.
     pub fn speaking_legacy(mut self) -> Self {
         self.conn = self.conn.clone().speaking_legacy();
-        self.legacy = Some(Edge::new(self.node.legacy.clone()));
+        self.legacy = Some(Box::new(Edge::new(self.node.legacy.clone())));
         self
     }
 
@@ -1211,7 +1212,7 @@ impl Session {
     /// store cursors, and tell the rooms the user went offline where this was their last
     /// connection.
     pub async fn finish(&mut self) {
-        if self.legacy.as_ref().is_some_and(Edge::is_guest) {
+        if self.legacy.as_deref().is_some_and(Edge::is_guest) {
             // A guest identity cannot come back, so its memberships and cursors would only pile
             // up: it leaves its rooms for good (the rooms see a `logout`, reason `left`).
             let rooms: Vec<RoomId> = self.rooms.keys().cloned().collect();
