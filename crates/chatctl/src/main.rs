@@ -106,8 +106,16 @@ async fn main() -> ExitCode {
             let Command::Chat(args) = cli.command else {
                 return ExitCode::FAILURE;
             };
-            chat_cli::run(args).await;
-            return ExitCode::SUCCESS;
+            let code = match chat_cli::run(args).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("chatctl chat: {e}");
+                    1
+                }
+            };
+            // As chat-cli's main: the runtime's shutdown would wait for tokio's blocking stdin
+            // read, so `/quit` would end the program only at the next line.
+            std::process::exit(code);
         }
         Command::Token {
             user,

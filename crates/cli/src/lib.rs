@@ -11,10 +11,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chat_protocol::{ServerFrame, close};
+use chat_protocol::{
+    AckStream, ClientFrame, HistoryRequest, LoginRequest, PostRequest, RoomId, ServerFrame, Target,
+    UserId, close,
+};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -48,21 +50,24 @@ struct RoomPos {
     epoch: Option<String>,
 }
 
-/// Runs the client until `/quit` or the end of standard input.
-pub async fn run(args: Args) {
+/// Runs the client until `/quit` or the end of standard input. Fails at once, before connecting,
+/// when `--user` or a `--room` is not a valid id.
+pub async fn run(args: Args) -> Result<(), String> {
+    let user = UserId::new(&args.user)
+        .map_err(|e| format!("--user `{}` is not a valid user id: {e}", args.user))?;
+    let mut rooms: BTreeMap<RoomId, RoomPos> = BTreeMap::new();
+    for room in &args.rooms {
+        let room = RoomId::new(room)
+            .map_err(|e| format!("--room `{room}` is not a valid room id: {e}"))?;
+        rooms.insert(room, RoomPos::default());
+    }
     let name = args.name.clone().unwrap_or_else(|| args.user.clone());
-    let mut rooms: BTreeMap<String, RoomPos> = args
-        .rooms
-        .iter()
-        .map(|r| (r.clone(), RoomPos::default()))
-        .collect();
-    let mut current = args
-        .rooms
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "lobby".to_owned());
+    let mut current = match args.rooms.first() {
+        Some(first) => RoomId::new(first).map_err(|e| format!("--room `{first}`: {e}"))?,
+        None => RoomId::new("lobby").map_err(|e| format!("lobby: {e}"))?,
+    };
     // Per room, the oldest seq `/history` has shown: the next `/history` asks for what is before.
-    let mut paging: BTreeMap<String, u64> = BTreeMap::new();
+    let mut paging: BTreeMap<RoomId, u64> = BTreeMap::new();
 
     let (line_tx, mut lines) = mpsc::channel::<String>(64);
     tokio::spawn(async move {
@@ -99,7 +104,7 @@ pub async fn run(args: Args) {
         let mut ok = true;
         for (room, pos) in &rooms {
             if sink
-                .send(text(login(&args.user, &name, room, pos)))
+                .send(text(&login(&user, &name, room, pos)))
                 .await
                 .is_err()
             {
@@ -109,16 +114,16 @@ pub async fn run(args: Args) {
         while ok {
             tokio::select! {
                 line = lines.recv() => {
-                    let Some(line) = line else { return };
-                    match command(&line, &mut current, &mut rooms, &paging, &args.user, &name) {
+                    let Some(line) = line else { return Ok(()) };
+                    match command(&line, &mut current, &mut rooms, &paging, &user, &name) {
                         Action::Send(frames) => {
                             for frame in frames {
-                                if sink.send(text(frame)).await.is_err() { ok = false; }
+                                if sink.send(text(&frame)).await.is_err() { ok = false; }
                             }
                         }
                         Action::Quit => {
                             let _ = sink.close().await;
-                            return;
+                            return Ok(());
                         }
                         Action::Nothing => {}
                     }
@@ -130,20 +135,20 @@ pub async fn run(args: Args) {
                         if let ServerFrame::History(h) = &frame {
                             // An empty page: the top was reached; the next /history starts over.
                             match h.messages.iter().map(|m| m.seq).min() {
-                                Some(oldest) => paging.insert(h.room_id.to_string(), oldest),
-                                None => paging.remove(h.room_id.as_str()),
+                                Some(oldest) => paging.insert(h.room_id.clone(), oldest),
+                                None => paging.remove(&h.room_id),
                             };
                         }
                         // A resend of a message already shown (the server did not see our ack in
                         // time) is not shown twice.
                         let seen = matches!(&frame, ServerFrame::Message(m) if m.resend
-                            && m.room_id.as_ref().and_then(|r| rooms.get(r.as_str())).is_some_and(|p| p.seq >= m.seq));
+                            && m.room_id.as_ref().and_then(|r| rooms.get(r)).is_some_and(|p| p.seq >= m.seq));
                         if !args.raw && !seen {
                             let line = show(&frame, &args.user);
                             if !line.is_empty() { println!("{line}"); }
                         }
                         if let Some(ack) = track(&frame, &mut rooms)
-                            && sink.send(text(ack)).await.is_err()
+                            && sink.send(text(&ack)).await.is_err()
                         {
                             ok = false;
                         }
@@ -163,33 +168,43 @@ pub async fn run(args: Args) {
     }
 }
 
-fn text(v: Value) -> Message {
-    Message::text(v.to_string())
+fn text(frame: &ClientFrame) -> Message {
+    Message::text(frame.encode())
 }
 
-fn login(user: &str, name: &str, room: &str, pos: &RoomPos) -> Value {
-    let mut frame = json!({"event": "login", "roomId": room, "userId": user, "userName": name});
-    if pos.seq > 0 {
-        frame["since"] = json!(pos.seq);
-        if let Some(epoch) = &pos.epoch {
-            frame["epoch"] = json!(epoch);
-        }
-    }
-    frame
+/// A room id typed at the prompt, or `None` (and a line saying why) when the server would refuse
+/// it.
+fn typed_room(room: &str) -> Option<RoomId> {
+    RoomId::new(room)
+        .map_err(|e| eprintln!("* `{room}` is not a valid room id: {e}"))
+        .ok()
+}
+
+/// `room` was checked when it entered `rooms` (or by `run`, for `--room`).
+fn login(user: &UserId, name: &str, room: &RoomId, pos: &RoomPos) -> ClientFrame {
+    let resume = pos.seq > 0;
+    ClientFrame::Login(LoginRequest {
+        room_id: room.clone(),
+        user_id: user.clone(),
+        user_name: name.to_owned(),
+        room_name: None,
+        since: resume.then_some(pos.seq),
+        epoch: pos.epoch.clone().filter(|_| resume),
+    })
 }
 
 enum Action {
-    Send(Vec<Value>),
+    Send(Vec<ClientFrame>),
     Quit,
     Nothing,
 }
 
 fn command(
     line: &str,
-    current: &mut String,
-    rooms: &mut BTreeMap<String, RoomPos>,
-    paging: &BTreeMap<String, u64>,
-    user: &str,
+    current: &mut RoomId,
+    rooms: &mut BTreeMap<RoomId, RoomPos>,
+    paging: &BTreeMap<RoomId, u64>,
+    user: &UserId,
     name: &str,
 ) -> Action {
     let line = line.trim();
@@ -205,58 +220,67 @@ fn command(
             );
             Action::Nothing
         }
-        "/join" | "/room" => match words.next() {
+        "/join" | "/room" => match words.next().and_then(typed_room) {
             Some(room) => {
-                *current = room.to_owned();
-                if rooms.contains_key(room) {
+                *current = room.clone();
+                if rooms.contains_key(&room) {
                     eprintln!("* current room: {room}");
                     return Action::Nothing;
                 }
-                rooms.insert(room.to_owned(), RoomPos::default());
-                Action::Send(vec![login(user, name, room, &RoomPos::default())])
+                let frame = login(user, name, &room, &RoomPos::default());
+                rooms.insert(room, RoomPos::default());
+                Action::Send(vec![frame])
             }
             None => Action::Nothing,
         },
-        "/leave" => match words.next() {
+        "/leave" => match words.next().and_then(typed_room) {
             Some(room) => {
-                rooms.remove(room);
-                Action::Send(vec![json!({"event": "logout", "roomId": room})])
+                rooms.remove(&room);
+                Action::Send(vec![ClientFrame::Logout { room_id: room }])
             }
             None => Action::Nothing,
         },
         "/dm" => match (words.next(), words.next()) {
-            (Some(to), Some(content)) => Action::Send(vec![
-                json!({"event": "message", "toUserId": to, "content": content}),
-            ]),
+            (Some(to), Some(content)) => match UserId::new(to) {
+                Ok(to) => Action::Send(vec![ClientFrame::Message(PostRequest {
+                    target: Target::User(to),
+                    content: content.to_owned(),
+                    client_msg_id: None,
+                })]),
+                Err(e) => {
+                    eprintln!("* `{to}` is not a valid user id: {e}");
+                    Action::Nothing
+                }
+            },
             _ => Action::Nothing,
         },
         "/history" => {
-            let limit: u64 = words.next().and_then(|n| n.parse().ok()).unwrap_or(20);
-            let mut frame = json!({"event": "history", "roomId": current.as_str(), "limit": limit});
-            if let Some(oldest) = paging.get(current.as_str()) {
-                frame["before"] = json!(oldest);
-            }
-            Action::Send(vec![frame])
+            let limit: u32 = words.next().and_then(|n| n.parse().ok()).unwrap_or(20);
+            Action::Send(vec![ClientFrame::History(HistoryRequest {
+                room_id: current.clone(),
+                before: paging.get(current).copied(),
+                limit,
+            })])
         }
         "/rooms" => {
-            eprintln!(
-                "* joined: {} (current: {current})",
-                rooms.keys().cloned().collect::<Vec<_>>().join(", ")
-            );
+            let joined: Vec<&str> = rooms.keys().map(RoomId::as_str).collect();
+            eprintln!("* joined: {} (current: {current})", joined.join(", "));
             Action::Nothing
         }
-        _ => Action::Send(vec![
-            json!({"event": "message", "roomId": current.as_str(), "content": line}),
-        ]),
+        _ => Action::Send(vec![ClientFrame::Message(PostRequest {
+            target: Target::Room(current.clone()),
+            content: line.to_owned(),
+            client_msg_id: None,
+        })]),
     }
 }
 
 /// Remembers positions and returns the ack for a message: a room message, or a direct message
 /// (the server resends what an acking connection leaves unacknowledged, inbox included).
-fn track(frame: &ServerFrame, rooms: &mut BTreeMap<String, RoomPos>) -> Option<Value> {
+fn track(frame: &ServerFrame, rooms: &mut BTreeMap<RoomId, RoomPos>) -> Option<ClientFrame> {
     match frame {
         ServerFrame::Joined(j) => {
-            let pos = rooms.entry(j.room_id.to_string()).or_default();
+            let pos = rooms.entry(j.room_id.clone()).or_default();
             if pos.epoch.as_deref() != Some(j.epoch.as_str()) {
                 // A new epoch: the room's log started over, our old seq means nothing there.
                 pos.epoch = Some(j.epoch.clone());
@@ -264,15 +288,22 @@ fn track(frame: &ServerFrame, rooms: &mut BTreeMap<String, RoomPos>) -> Option<V
             }
             None
         }
-        ServerFrame::Message(m) if m.room_id.is_none() => {
-            Some(json!({"event": "ack", "direct": true, "seq": m.seq, "epoch": m.epoch}))
-        }
+        ServerFrame::Message(m) if m.room_id.is_none() => Some(ClientFrame::Ack {
+            stream: AckStream::Direct,
+            seq: m.seq,
+            epoch: Some(m.epoch.clone()),
+        }),
         ServerFrame::Message(m) => {
             let room = m.room_id.as_ref()?;
-            let pos = rooms.get_mut(room.as_str())?;
+            let pos = rooms.get_mut(room)?;
             pos.seq = pos.seq.max(m.seq);
             pos.epoch = Some(m.epoch.clone());
-            Some(json!({"event": "ack", "roomId": room, "seq": m.seq}))
+            // With its epoch: an ack for a log that was reset since acknowledges nothing there.
+            Some(ClientFrame::Ack {
+                stream: AckStream::Room(room.clone()),
+                seq: m.seq,
+                epoch: Some(m.epoch.clone()),
+            })
         }
         _ => None,
     }

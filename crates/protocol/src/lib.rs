@@ -13,7 +13,8 @@ pub mod ids;
 pub mod server;
 
 pub use client::{
-    ClientFrame, HistoryRequest, Limits, LoginRequest, PostRequest, Target, parse_client_frame,
+    AckStream, ClientFrame, HistoryRequest, Limits, LoginRequest, PostRequest, Target,
+    parse_client_frame,
 };
 pub use error::{ErrorCode, ProtocolError};
 pub use ids::{RoomId, UserId};
