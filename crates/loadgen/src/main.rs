@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chat_protocol::ServerFrame;
+use chat_protocol::{
+    AckStream, ClientFrame, LoginRequest, PostRequest, RoomId, ServerFrame, Target, UserId,
+};
 use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -252,17 +254,29 @@ fn placement(args: &Args, i: usize) -> (&str, String, u64) {
     (url.as_str(), room, size as u64)
 }
 
+/// A generated room id (`--room-prefix` and a number), checked as the server will.
+fn room_id(room: &str) -> Result<RoomId, String> {
+    RoomId::new(room).map_err(|e| format!("room id `{room}` (--room-prefix): {e}"))
+}
+
 async fn connect_and_login(
     args: &Args,
     i: usize,
     url: &str,
-    room: &str,
+    room: &RoomId,
     user: &str,
 ) -> Result<Socket, String> {
+    let user_id = UserId::new(user).map_err(|e| format!("user id `{user}`: {e}"))?;
     let mut ws = connect(args, i, url).await?;
-    let login =
-        json!({"event":"login","roomId":room,"userId":user,"userName":format!("user {user}")});
-    ws.send(Message::text(login.to_string()))
+    let login = ClientFrame::Login(LoginRequest {
+        room_id: room.clone(),
+        user_id,
+        user_name: format!("user {user}"),
+        room_name: None,
+        since: None,
+        epoch: None,
+    });
+    ws.send(Message::text(login.encode()))
         .await
         .map_err(|e| e.to_string())?;
     // Wait for `joined` so every client is in its room before the clock starts.
@@ -290,7 +304,7 @@ async fn connect_and_login(
 }
 
 /// A client of the run: its socket, room id and room size.
-type Client = (Socket, String, u64);
+type Client = (Socket, RoomId, u64);
 
 async fn open_all(args: &Args) -> Vec<Client> {
     let mut sockets = Vec::with_capacity(args.clients);
@@ -299,6 +313,7 @@ async fn open_all(args: &Args) -> Vec<Client> {
         let end = (start + 100).min(args.clients);
         let batch = futures_util::future::join_all((start..end).map(|i| async move {
             let (url, room, size) = placement(args, i);
+            let room = room_id(&room)?;
             let ws = connect_and_login(args, i, url, &room, &format!("u{i}")).await?;
             Ok::<_, String>((ws, room, size))
         }))
@@ -326,7 +341,7 @@ async fn add_offline_members(args: &Args) {
         let end = (start + 100).min(total);
         let batch = futures_util::future::join_all((start..end).map(|j| async move {
             let url = &args.url[j % args.url.len()];
-            let room = format!("{}-{}", args.room_prefix, j % rooms);
+            let room = room_id(&format!("{}-{}", args.room_prefix, j % rooms))?;
             let mut ws = connect_and_login(args, j, url, &room, &format!("off{j}")).await?;
             let _ = ws.close(None).await;
             Ok::<_, String>(())
@@ -484,9 +499,13 @@ async fn fanout(args: &Args, secs: u64) {
                         // Counted by the post time it carries, exactly as its deliveries are.
                         let at = now_micros();
                         let content = format!("{at} {filler}");
-                        let frame = json!({"event":"message","roomId":room,"content":content.trim_end()});
+                        let frame = ClientFrame::Message(PostRequest {
+                            target: Target::Room(room.clone()),
+                            content: content.trim_end().to_owned(),
+                            client_msg_id: None,
+                        });
                         let counted = at >= window_start_micros;
-                        if sink.send(Message::text(frame.to_string())).await.is_err() { break; }
+                        if sink.send(Message::text(frame.encode())).await.is_err() { break; }
                         if counted {
                             totals.sent.fetch_add(1, Ordering::Relaxed);
                             totals.expected.fetch_add(room_size, Ordering::Relaxed);
@@ -503,7 +522,8 @@ async fn fanout(args: &Args, secs: u64) {
                                 if let (Some(sent_at), true) = (sent_at, counted) {
                                     let _ = local.record(now_micros().saturating_sub(sent_at).max(1));
                                 }
-                                let room = m.room_id.map(|r| r.to_string()).unwrap_or_default();
+                                let room_id = m.room_id;
+                                let room = room_id.as_ref().map(|r| r.to_string()).unwrap_or_default();
                                 // Continuity is tracked through the warm-up too, so the window's
                                 // first message is checked against the one before it.
                                 let last = last_seq.entry(room.clone()).or_insert(m.seq.saturating_sub(1));
@@ -513,8 +533,14 @@ async fn fanout(args: &Args, secs: u64) {
                                 unacked += 1;
                                 if ack_every > 0 && unacked >= ack_every {
                                     unacked = 0;
-                                    let ack = json!({"event":"ack","roomId":room,"seq":m.seq,"epoch":m.epoch});
-                                    if sink.send(Message::text(ack.to_string())).await.is_err() { break; }
+                                    if let Some(room_id) = room_id {
+                                        let ack = ClientFrame::Ack {
+                                            stream: AckStream::Room(room_id),
+                                            seq: m.seq,
+                                            epoch: Some(m.epoch.clone()),
+                                        };
+                                        if sink.send(Message::text(ack.encode())).await.is_err() { break; }
+                                    }
                                 }
                             }
                             Some((Ok(ServerFrame::Error(_)), _)) => { totals.errors.fetch_add(1, Ordering::Relaxed); }
