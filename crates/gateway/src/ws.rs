@@ -129,7 +129,7 @@ pub fn drive_with(
     deflate: bool,
 ) -> impl Future<Output = ()> + Send + 'static {
     let limits = &node.settings.limits;
-    let (tx, rx) = crate::outbox::bounded(limits.outbound_queue, limits.outbound_queue_bytes);
+    let (tx, mut rx) = crate::outbox::bounded(limits.outbound_queue, limits.outbound_queue_bytes);
     let mut conn = ConnHandle::new(node.hub.next_conn_id(), tx);
     if deflate {
         conn = conn.compressing();
@@ -155,42 +155,9 @@ pub fn drive_with(
         span.in_scope(|| session.set_grant(grant));
     }
     span.in_scope(|| tracing::debug!(legacy, deflate, "connection open"));
-    let (sink, stream) = socket.split();
-    let parts = Parts {
-        node,
-        conn,
-        encoder,
-        session,
-        sink,
-        stream,
-        rx,
-    };
-    Box::pin(drive_conn(parts)).instrument(span)
-}
-
-/// What a running connection owns, moved into its driver in one piece.
-struct Parts {
-    node: Arc<Node>,
-    conn: ConnHandle,
-    encoder: Encoder,
-    session: Session,
-    sink: Sink,
-    stream: Stream,
-    rx: crate::outbox::Receiver,
-}
-
-fn drive_conn(parts: Parts) -> impl Future<Output = ()> + Send + 'static {
-    let Parts {
-        node,
-        conn,
-        encoder,
-        mut session,
-        mut sink,
-        mut stream,
-        mut rx,
-    } = parts;
-    // An `async move` block, not an `async fn`: it captures each of these once (see drive_with).
-    async move {
+    let (mut sink, mut stream) = socket.split();
+    // An `async move` block, not an `async fn`: it captures each of these once.
+    let driver = async move {
         let registration = node.drain.register(&conn);
         if node.drain.is_draining() {
             // Upgraded just as the drain began, after its sweep: close it like the others.
@@ -255,7 +222,8 @@ fn drive_conn(parts: Parts) -> impl Future<Output = ()> + Send + 'static {
         });
         // Boxed, like the session's other handlers: the connection's task stays small (see `run`).
         Box::pin(session.finish()).await;
-    }
+    };
+    Box::pin(driver).instrument(span)
 }
 
 async fn run(
